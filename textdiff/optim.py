@@ -12,9 +12,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def _need(total_steps: Optional[int]) -> int:
-    if total_steps is None or total_steps <= 0:
+    if total_steps is None or total_steps < 0:
         raise ValueError("total_steps is unknown: pass it, or let DiffusionModule fill it from the trainer")
-    return int(total_steps)
+    return max(1, int(total_steps))  # 0 (e.g. max_steps=0, evaluation only) never steps the schedule
 
 
 def linear_warmup_decay(optimizer: Optimizer, warmup_steps: int = 0, total_steps: Optional[int] = None,
