@@ -130,13 +130,15 @@ def lightning_loop(steps: int, warmup: int, device: str) -> float:
 
 def bench_training(steps: int, warmup: int, device: str, repeats: int) -> dict:
     tokens = PRESET["batch"] * PRESET["max_len"]
-    plain = [plain_loop(steps, warmup, device) for _ in range(repeats)]
-    light = [lightning_loop(steps, warmup, device) for _ in range(repeats)]
+    plain, light = [], []
+    for _ in range(repeats):  # interleave so that drifts in machine load hit both alike
+        plain.append(plain_loop(steps, warmup, device))
+        light.append(lightning_loop(steps, warmup, device))
     p, lt = statistics.median(plain), statistics.median(light)
     return {"plain_seconds_per_step": plain, "textdiff_seconds_per_step": light,
             "plain_tokens_per_second": tokens / p, "textdiff_tokens_per_second": tokens / lt,
-            "throughput_ratio": p / lt, "target_ratio": 0.95, "steps": steps, "warmup": warmup,
-            "tokens_per_step": tokens}
+            "throughput_ratio": p / lt, "throughput_ratio_best": min(plain) / min(light),
+            "target_ratio": 0.95, "steps": steps, "warmup": warmup, "tokens_per_step": tokens}
 
 
 @torch.no_grad()
@@ -170,7 +172,8 @@ def bench_sampler(num_steps: int, device: str, repeats: int) -> dict:
         b.append(bare())
         s.append(full())
     return {"num_steps": num_steps, "batch": shape[0], "bare_seconds": b, "sampler_seconds": s,
-            "overhead_ratio": statistics.median(s) / statistics.median(b), "target_ratio": 1.05}
+            "overhead_ratio": statistics.median(s) / statistics.median(b), "overhead_ratio_best": min(s) / min(b),
+            "target_ratio": 1.05}
 
 
 def main() -> None:
@@ -179,7 +182,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
-    steps, warmup, repeats, k = (20, 5, 1, 20) if args.quick else (100, 10, 3, 200)
+    steps, warmup, repeats, k = (20, 5, 1, 20) if args.quick else (100, 10, 5, 200)
     result = {"benchmark": "diffusion_lm_cpu_preset", "preset": PRESET, "machine": machine(args.device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     result["training"] = bench_training(steps, warmup, args.device, repeats)
@@ -193,8 +196,10 @@ def main() -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
     tr, sa = result["training"], result["sampler"]
     print(f"training: textdiff {tr['textdiff_tokens_per_second']:.0f} tok/s, plain {tr['plain_tokens_per_second']:.0f} "
-          f"tok/s, ratio {tr['throughput_ratio']:.3f} (aim >= 0.95)")
-    print(f"sampler: {sa['overhead_ratio']:.3f}x bare denoiser calls at K={k} (aim <= 1.05)")
+          f"tok/s, ratio {tr['throughput_ratio']:.3f} (median), {tr['throughput_ratio_best']:.3f} (best of "
+          f"{len(tr['plain_seconds_per_step'])}) (aim >= 0.95)")
+    print(f"sampler: {sa['overhead_ratio']:.3f}x (median), {sa['overhead_ratio_best']:.3f}x (best) bare denoiser "
+          f"calls at K={k} (aim <= 1.05)")
     print(f"peak RSS {result['peak_rss_mb']:.0f} MB; wrote {path}")
 
 

@@ -12,6 +12,7 @@ The run directory (Hydra's) receives: ``config.yaml`` (resolved), ``tokenizer/``
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -80,9 +81,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              n_params / 1e6, dm.vocab_size)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
+    start = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - start
+    log.info("fit took %.1f s (%d optimizer steps)", fit_seconds, trainer.global_step)
 
-    metrics: dict[str, Any] = {"global_step": int(trainer.global_step)}
+    metrics: dict[str, Any] = {"global_step": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1)}
     if cfg.get("evaluate", True) and trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
         ev = cfg.eval
         records, scores = evaluate_unconditional(
