@@ -23,16 +23,42 @@ def _compose(overrides, tmp_path=None):
     return cfg
 
 
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+             "max_position_embeddings": 160}
+
+
+@pytest.fixture(scope="module")
+def local_bert(tmp_path_factory):
+    """A BERT tokenizer and a tiny BertForMaskedLM saved locally, standing in for hub names offline."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("bert")
+    words = "the a of to and is in it you that he was for on are with as i his they be at".split()
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate((root / "vocab.txt").read_text().split())})
+    tok.save_pretrained(root / "tokenizer")
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), **TINY_BERT)).save_pretrained(root / "model")
+    return root
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_builds(experiment, shared_data, tmp_path):
+def test_experiment_builds(experiment, shared_data, tmp_path, local_bert):
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50"], tmp_path)
+    hub_bert = isinstance(OmegaConf.select(cfg, "model.backbone.bert"), str)
+    if hub_bert:  # a hub-named preset: the same loading path, from local directories
+        with open_dict(cfg):
+            cfg.data.tokenizer = str(local_bert / "tokenizer")
+            cfg.model.backbone.bert = str(local_bert / "model")
     dm = build_datamodule(cfg, tmp_path)
     assert cfg.data.vocab_size == dm.vocab_size > 10
-    # shrink the network so that paper-scale configs instantiate quickly
-    with open_dict(cfg):
-        cfg.model.denoiser.update(dim=32, depth=1, heads=2)
+    with open_dict(cfg):  # shrink the network so that paper-scale configs instantiate quickly
+        if "denoiser" in cfg.model:
+            cfg.model.denoiser.update(dim=32, depth=1, heads=2)
+        if "backbone" in cfg.model and not hub_bert:
+            cfg.model.backbone.bert.update(TINY_BERT)
     model = build(cfg, "model")
-    assert model.vocab_size == dm.vocab_size
+    vocab = model.vocab_size if hasattr(model, "vocab_size") else model.backbone.vocab_size
+    assert vocab == dm.vocab_size
     sampler = model.build_sampler()
     assert sampler.num_steps == cfg.sampler.num_steps
     with open_dict(cfg):

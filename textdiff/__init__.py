@@ -32,9 +32,11 @@ _EXPORTS = {
     "LogitFilter": "textdiff.core.hooks",
     # networks
     "TransformerDenoiser": "textdiff.nn.transformer",
+    "TimeConditionedBert": "textdiff.nn.bert",
     # families
     "DiffusionModule": "textdiff.families.base",
     "DiffusionLM": "textdiff.families.diffusion_lm",
+    "DiffusionBERT": "textdiff.families.diffusion_bert",
     # data
     "TextDataModule": "textdiff.data.datamodule",
     "Seq2SeqDataModule": "textdiff.data.datamodule",

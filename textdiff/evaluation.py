@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import inspect
 import math
 import time
 from pathlib import Path
@@ -62,8 +63,10 @@ def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 
 
 
 @torch.no_grad()
-def nll_on_split(model: Any, loader: Any, num_batches: int, num_t: int = 8, seed: int = 0) -> dict[str, float]:
-    """Mean NLL bound in nats per token over the first ``num_batches`` batches (seeded)."""
+def nll_on_split(model: Any, loader: Any, num_batches: int, num_t: int = 8, seed: int = 0,
+                 **bound_kwargs: Any) -> dict[str, float]:
+    """Mean NLL bound in nats per token over the first ``num_batches`` batches (seeded);
+    ``bound_kwargs`` go to ``model.nll_bound``."""
     from textdiff.metrics.likelihood import nll_summary
 
     devices = [p.device for p in model.parameters()][:1] or [torch.device("cpu")]
@@ -75,7 +78,7 @@ def nll_on_split(model: Any, loader: Any, num_batches: int, num_t: int = 8, seed
             if i >= num_batches:
                 break
             batch = {k: v.to(devices[0]) for k, v in batch.items()}
-            out = model.nll_bound(batch, num_t=num_t)
+            out = model.nll_bound(batch, num_t=num_t, **bound_kwargs)
             total += float(out["nll"].sum())
             tokens += int(out["tokens"].sum())
     finally:
@@ -125,12 +128,16 @@ def evaluate_unconditional(
     if nll_batches and hasattr(model, "nll_bound"):
         try:
             loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
-            metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed))
+            # a bound that depends on the chain (absorbing models) follows the sampler's number of steps
+            chain = {"num_steps": overrides["num_steps"]} if "num_steps" in overrides and \
+                "num_steps" in inspect.signature(model.nll_bound).parameters else {}
+            metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed, **chain))
         except (ValueError, RuntimeError) as err:  # e.g. a continuous-time model has no discrete bound
             log.warning("NLL bound skipped: %s", err)
     sampler_obj = model.build_sampler(**overrides)
     metrics["sampler"] = {"num_steps": sampler_obj.num_steps, "eta": sampler_obj.eta, "spacing": sampler_obj.spacing,
-                          "variance": sampler_obj.variance, "early_stop": sampler_obj.early_stop}
+                          "variance": sampler_obj.variance, "early_stop": sampler_obj.early_stop,
+                          **getattr(model, "last_sample_stats", {})}
     return records, metrics
 
 

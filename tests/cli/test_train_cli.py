@@ -76,3 +76,27 @@ def test_resume_continues_at_the_right_step_with_the_same_optimizer_state(shared
     expected = sum(float(s["exp_avg"].abs().sum()) for s in state.values())
     assert seen["exp_avg_abs_sum_at_start"] == pytest.approx(expected, rel=1e-6)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
+
+
+BERT_TINY = [
+    "experiment=diffusion_bert_tatoeba_cpu", "data.max_train_examples=512", "data.max_eval_examples=64",
+    "data.batch_size=16", "data.max_len=16", "model.backbone.bert.hidden_size=32",
+    "model.backbone.bert.num_hidden_layers=1", "model.backbone.bert.num_attention_heads=2",
+    "model.backbone.bert.intermediate_size=64", "diffusion_steps=64", "sampler.num_steps=8", "model.nll_steps=4",
+    "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "trainer.log_every_n_steps=5",
+    "callbacks.sample_and_score.num_samples=4", "callbacks.sample_and_score.num_steps=4", "eval.num_samples=8",
+    "eval.nll_batches=1", "trainer.enable_progress_bar=false", "trainer.max_steps=20",
+]
+
+
+def test_diffusion_bert_train_then_sample(shared_data, tmp_path):
+    run_dir = tmp_path / "run"
+    out = _run("train", [*BERT_TINY, f"hydra.run.dir={run_dir}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / "tokenizer" / "word_freq.pt").exists()  # the spindle's counts, cached
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 20 and "bleu" in metrics and "ppl" in metrics
+    out = _run("sample", [f"run_dir={run_dir}", "num_samples=6", "sampler.num_steps=4", "suffix=_k4", "nll_batches=0"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((run_dir / "metrics_k4.json").read_text())
+    assert m["sampler"]["num_steps"] == 4 and m["num_sequences"] == 6

@@ -66,7 +66,8 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
-    """Build the DataModule and its tokenizer; fill ``data.vocab_size`` (checking a set value)."""
+    """Build the DataModule and its tokenizer; fill ``data.vocab_size`` (checking a set value) and
+    ``tokens.*`` (the special-token ids)."""
     kwargs = {}
     if run_dir is not None and not OmegaConf.select(cfg, "data.tokenizer_path"):
         kwargs["tokenizer_path"] = str(run_dir / "tokenizer")
@@ -80,6 +81,7 @@ def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
         )
     with open_dict(cfg):
         cfg.data.vocab_size = tokenizer.vocab_size
+        cfg.tokens = {k: getattr(tokenizer, k, None) for k in ("pad_id", "bos_id", "eos_id", "unk_id", "mask_id")}
         if "tokenizer_path" in kwargs:
             cfg.data.tokenizer_path = kwargs["tokenizer_path"]
     return dm

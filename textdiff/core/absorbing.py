@@ -6,7 +6,7 @@ V x V transition matrices. Shapes: tokens (B, L) long; logits / log-probs (B, L,
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,9 @@ class AbsorbingProcess(nn.Module):
                 f"the schedule keeps {end:.3g} of the tokens at t=1, but the absorbing prior is all [MASK]; "
                 "use a schedule with abar(1) ~ 0 (a DiscreteSchedule needs max_beta=1.0)"
             )
+        if mask_id is None:
+            raise ValueError("mask_id is None: the tokenizer has no [MASK] token (a word tokenizer needs "
+                             "add_mask_token=True, e.g. data.tokenizer.add_mask_token=true)")
         self.schedule = schedule
         self.mask_id = int(mask_id)
         self.loss_type = loss_type
@@ -174,3 +177,53 @@ class AbsorbingProcess(nn.Module):
         hybrid = (nll * valid).sum(-1)
         ce = (nll * masked).sum(-1)
         return {"loss": diffusion + self.hybrid_lambda * hybrid, "diffusion": diffusion, "ce": ce, "hybrid": hybrid}
+
+    def kl_step(self, x0_logp: Tensor, x0: Tensor, xt: Tensor, t: Tensor, s: Tensor,
+                mask: Optional[Tensor] = None) -> Tensor:
+        """KL(q(x_s | x_t, x0) || p(x_s | x_t)) summed over tokens, (B,) nats (D3PM eq. 5 term L_{t-1}).
+
+        At a masked position q reveals x0 with probability w = (p_s - p_t) / (1 - p_t) (exact, per
+        token) and keeps [MASK] otherwise; the model reveals token v with probability u * p(v | x_t),
+        u = ``unmask_prob`` on argmax x0_hat (as ``reverse_step`` does), and keeps [MASK] otherwise:
+
+            KL = w log(w / (u p(x0))) + (1 - w) log((1 - w) / (1 - u)),
+
+        which is -w log p(x0) for a token-independent schedule (u = w). Revealed positions add 0.
+        x0_logp (B, L, V) log-probs from ``to_x0``; x0, xt (B, L); t, s (B,); mask (B, L) bool.
+        """
+        p_t, p_s = self.keep_prob(t, x0), self.keep_prob(s, x0)
+        w = ((p_s - p_t) / (1 - p_t).clamp_min(1e-12)).clamp(0, 1)
+        u = self.unmask_prob(t, s, x0_logp.argmax(-1)).clamp(1e-12, 1)
+        logp_x0 = x0_logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).clamp_min(-1e4)
+        kl = torch.xlogy(w, w) - w * (u.log() + logp_x0)
+        kl = kl + torch.xlogy(1 - w, 1 - w) - (1 - w) * torch.log1p(-u.clamp(max=1 - 1e-7))
+        counted = xt == self.mask_id
+        if mask is not None:
+            counted = counted & mask.bool()
+        return (kl * counted).sum(-1)
+
+    @torch.no_grad()
+    def nll(self, denoise: Callable[[Tensor, Tensor], Tensor], x0: Tensor, num_steps: int,
+            keep: Optional[Tensor] = None, mask: Optional[Tensor] = None, spacing: str = "uniform",
+            generator: Optional[torch.Generator] = None) -> Tensor:
+        """The variational bound on -log p(x0) of the K-step reverse chain that ``Sampler`` runs with
+        ``num_steps`` = K (D3PM eq. 1 on the respaced grid 1 = t_0 > ... > t_K = 0): sum over steps of
+        ``kl_step`` at x_{t_k} ~ q(x_{t_k} | x0), one draw per step; the prior term is 0 because
+        abar(1) = 0 (all [MASK]) and the last step reveals every token (its KL is -log p(x0 | x_{t_1}))).
+
+        Args:
+            denoise: ``(x_t, t) -> logits`` (B, L, V).
+            x0: (B, L) tokens; keep: (B, L) bool positions never masked (padding, [CLS]/[SEP]);
+            mask: (B, L) bool positions that count (default: ``~keep``).
+        Returns: (B,) nats per sequence.
+        """
+        times = self.schedule.sampling_times(num_steps, spacing).to(x0.device)
+        counted = mask if mask is not None else (~keep if keep is not None else None)
+        total = torch.zeros(x0.shape[0], device=x0.device)
+        for k in range(num_steps):
+            t = torch.full((x0.shape[0],), float(times[k]), device=x0.device)
+            s = torch.full_like(t, float(times[k + 1]))
+            xt = self.q_sample(x0, t, keep=keep, generator=generator)
+            x0_logp = self.to_x0(denoise(xt, t), xt, t)
+            total = total + self.kl_step(x0_logp, x0, xt, t, s, counted)
+        return total

@@ -111,4 +111,5 @@ class LogitFilter:
             drop_sorted = (cum - sorted_x.softmax(-1)) >= self.top_p  # keep the smallest set reaching top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
             x = x.masked_fill(drop, float("-inf"))
-        return F.log_softmax(x, dim=-1)
+        emptied = torch.isneginf(x).all(-1, keepdim=True)  # e.g. a revealed token that is banned: keep it
+        return F.log_softmax(torch.where(emptied, logp, x), dim=-1)

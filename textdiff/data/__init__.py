@@ -34,6 +34,10 @@ _EXPORTS = {
     "TextDataModule": "textdiff.data.datamodule",
     "Seq2SeqDataModule": "textdiff.data.datamodule",
     "collate": "textdiff.data.datamodule",
+    # corpus statistics (spindle token weights, length histogram)
+    "token_counts": "textdiff.data.word_freq",
+    "spindle_weights": "textdiff.data.word_freq",
+    "length_counts": "textdiff.data.word_freq",
     # synthetic corpus and paths
     "make_toy_corpus": "textdiff.data.synthetic",
     "toy_corpus_dir": "textdiff.data.synthetic",

@@ -1,0 +1,255 @@
+"""DiffusionBERT (He et al. 2023, "DiffusionBERT: Improving Generative Masked Language Models with
+Diffusion Models"; ALGORITHMS.md §4).
+
+Absorbing-state ([MASK]) diffusion with a BERT masked-LM as the denoiser. The process, its spindle
+schedule, losses, reverse step and bound are ``textdiff.core.AbsorbingProcess``; this module adds
+what is BERT-specific:
+
+- the backbone (``TimeConditionedBert``: time-agnostic, a time token, or layer-wise time embeddings);
+- corpus statistics from the training split: the spindle's token weights f = log(1 + count) / max
+  (cached to disk) and the length histogram used to draw sample lengths;
+- the frame: PAD (and, with ``keep_special``, BOS/[CLS] and EOS/[SEP]) is never masked, as the
+  official code diffuses only the tokens between [CLS] and [SEP];
+- one t per example (default) or one t per batch (``t_sharing="batch"``, the official
+  ``sample_t()``; its gradients have higher variance, which is why per-example is the default).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from textdiff.core.absorbing import AbsorbingProcess
+from textdiff.core.hooks import LogitFilter
+from textdiff.core.types import Batch
+from textdiff.data.word_freq import cached_token_counts, length_counts, spindle_weights
+from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
+from textdiff.nn.bert import TimeConditionedBert
+
+log = logging.getLogger(__name__)
+
+
+class DiffusionBERT(DiffusionModule):
+    """DiffusionBERT.
+
+    Args:
+        backbone: a ``TimeConditionedBert`` over ``BertForMaskedLM`` (pretrained by name/path or built
+            from a config).
+        process: an ``AbsorbingProcess`` whose ``mask_id`` is the tokenizer's [MASK], normally over
+            ``SpindleSchedule(discretize(MutualSchedule(), 2048, max_beta=1))``.
+        pad_id, bos_id, eos_id: the tokenizer's special ids (``${tokens.*}`` in configs).
+        max_len: L, the longest sequence (the data's ``max_len``).
+        keep_special: never mask BOS/EOS ([CLS]/[SEP]); sampling then fixes them at both ends.
+        t_sharing: "example" (one t per sequence) or "batch" (one t for the batch, the official code).
+        length_mode: "sample" draws each sample's length from the training length histogram;
+            "fixed" fills all L positions (the official sampler; right for "block" data).
+        temperature, top_k, top_p: defaults of the x0 logit filter at sampling (the official
+            ``predict.py`` uses temperature 0.1 and top-k 30).
+        reuse_cache: at sampling, reuse the network output when no token changed since the last call;
+            applied only to the time-agnostic backbone, where it is exact.
+        word_freq_cache: file for the token counts (default: ``word_freq.pt`` beside the datamodule's
+            tokenizer directory, when it has one).
+        nll_steps: K of the K-step chain whose bound ``nll_bound`` reports (default: the sampler's).
+        sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay: see ``DiffusionModule``.
+    """
+
+    def __init__(
+        self,
+        backbone: TimeConditionedBert,
+        process: AbsorbingProcess,
+        pad_id: int,
+        bos_id: Optional[int] = None,
+        eos_id: Optional[int] = None,
+        max_len: Optional[int] = None,
+        keep_special: bool = True,
+        t_sharing: Literal["example", "batch"] = "example",
+        length_mode: Literal["sample", "fixed"] = "sample",
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        reuse_cache: bool = True,
+        word_freq_cache: Optional[str] = None,
+        nll_steps: Optional[int] = None,
+        sampler: Optional[SamplerFactory] = None,
+        optimizer: Optional[OptimizerFactory] = None,
+        lr_scheduler: Optional[SchedulerFactory] = None,
+        time_sampling: str = "uniform",
+        time_eps: float = 0.0,
+        ema_decay: Optional[float] = None,
+    ) -> None:
+        super().__init__(process, sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay)
+        if not isinstance(process, AbsorbingProcess):
+            raise TypeError(f"DiffusionBERT needs an AbsorbingProcess, got {type(process).__name__}")
+        if process.mask_id is None or not 0 <= process.mask_id < backbone.vocab_size:
+            raise ValueError(f"process.mask_id={process.mask_id} is not a token of the backbone's "
+                             f"{backbone.vocab_size}-token vocabulary (does the tokenizer have a [MASK]?)")
+        if t_sharing not in ("example", "batch"):
+            raise ValueError(f"t_sharing must be 'example' or 'batch', got {t_sharing!r}")
+        if length_mode not in ("sample", "fixed"):
+            raise ValueError(f"length_mode must be 'sample' or 'fixed', got {length_mode!r}")
+        if keep_special and (bos_id is None or eos_id is None):
+            raise ValueError("keep_special=True needs bos_id and eos_id")
+        self.backbone = backbone
+        self.pad_id, self.bos_id, self.eos_id = int(pad_id), bos_id, eos_id
+        self.max_len = int(max_len or backbone.max_len)
+        if self.max_len > backbone.max_len:
+            raise ValueError(f"max_len={self.max_len} exceeds the backbone's {backbone.max_len} positions")
+        self.keep_special, self.t_sharing, self.length_mode = bool(keep_special), t_sharing, length_mode
+        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        self.reuse_cache, self.word_freq_cache, self.nll_steps = bool(reuse_cache), word_freq_cache, nll_steps
+        self.register_buffer("length_counts", torch.zeros(0, dtype=torch.long))
+
+    # ----- corpus statistics -----
+    @property
+    def spindle(self) -> bool:
+        """Whether the schedule is token-dependent (needs token weights)."""
+        return bool(self.process.schedule.token_dependent)
+
+    def set_corpus_statistics(self, seqs: Sequence[Sequence[int]], cache: Optional[str] = None) -> None:
+        """Token weights (spindle) and the length histogram from training sequences (lists of ids,
+        framed as the model sees them)."""
+        if self.spindle:
+            counts = cached_token_counts(seqs, self.backbone.vocab_size, cache or self.word_freq_cache)
+            self.process.schedule.set_token_weight(spindle_weights(counts, zero_ids=[self.pad_id]).to(self.device))
+        self.length_counts = length_counts(seqs, self.max_len, self.pad_id).to(self.device)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        have = self.length_counts.numel() > 0 and (not self.spindle or self.process.schedule.token_weight.numel() > 0)
+        if stage != "fit" or have or dm is None:
+            return
+        cache = self.word_freq_cache
+        if cache is None and getattr(dm, "tokenizer_path", None):
+            cache = str(Path(dm.tokenizer_path) / "word_freq.pt")
+        self.set_corpus_statistics([item["ids"] for item in dm.dataset("train")], cache)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        key = prefix + "length_counts"
+        if key in state_dict:
+            self.length_counts = torch.empty_like(state_dict[key])  # sized by the corpus
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----- pieces -----
+    def keep_mask(self, ids: Tensor) -> Tensor:
+        """Positions never masked: PAD, and BOS/EOS with ``keep_special``. (B, L) -> (B, L) bool."""
+        keep = ids == self.pad_id
+        if self.keep_special:
+            keep = keep | (ids == self.bos_id) | (ids == self.eos_id)
+        return keep
+
+    def denoise(self, xt: Tensor, t: Tensor) -> Tensor:
+        """Logits (B, L, V) of x0 for x_t (B, L) at t (B,); PAD positions are not attended."""
+        return self.backbone(xt, t, attention_mask=xt != self.pad_id)
+
+    def sample_t(self, n: int) -> Tensor:
+        if self.t_sharing == "batch":
+            return super().sample_t(1).expand(n).contiguous()
+        return super().sample_t(n)
+
+    # ----- training -----
+    def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
+        ids = batch["ids"]
+        keep = self.keep_mask(ids)
+        t = self.sample_t(ids.shape[0])
+        xt = self.process.q_sample(ids, t, keep=keep)
+        terms = self.process.loss(self.denoise(xt, t), ids, xt, t, mask=~keep)  # (B,) each, summed over tokens
+        n_masked = ((xt == self.process.mask_id) & ~keep).sum().clamp_min(1)
+        return {"loss": terms["loss"].mean(), "diffusion": terms["diffusion"].mean(),
+                "hybrid": terms["hybrid"].mean(), "ce_per_masked": terms["ce"].sum() / n_masked}
+
+    # ----- sampling -----
+    def initial_state(self, lengths: Tensor, seq_len: int) -> Tensor:
+        """All [MASK] up to each length, PAD after; BOS/EOS at both ends with ``keep_special``.
+        lengths (N,) long -> (N, seq_len) long."""
+        pos = torch.arange(seq_len, device=lengths.device).unsqueeze(0)
+        x = torch.full((len(lengths), seq_len), self.process.mask_id, dtype=torch.long, device=lengths.device)
+        x = x.masked_fill(pos >= lengths.unsqueeze(1), self.pad_id)
+        if self.keep_special:
+            x[:, 0] = self.bos_id
+            x = x.masked_fill(pos == (lengths.unsqueeze(1) - 1), self.eos_id)
+        return x
+
+    def draw_lengths(self, n: int, seq_len: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """(n,) lengths: from the training histogram (``length_mode="sample"``, capped at seq_len),
+        else seq_len."""
+        hist = self.length_counts[: seq_len + 1].float()
+        if self.length_mode == "fixed" or hist.sum() == 0:
+            if self.length_mode == "sample":
+                log.warning("no length histogram (set_corpus_statistics was not called): fixed length %d", seq_len)
+            return torch.full((n,), seq_len, dtype=torch.long, device=self.device)
+        drawn = torch.multinomial(hist.cpu(), n, replacement=True, generator=generator)
+        return drawn.clamp_min(3 if self.keep_special else 1).to(self.device)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num_samples: int,
+        seq_len: Optional[int] = None,
+        *,
+        lengths: Optional[Tensor] = None,
+        seed: Optional[int] = None,
+        batch_size: int = 256,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        hooks: Sequence[Any] = (),
+        step_hooks: Sequence[Any] = (),
+        return_output: bool = False,
+        **sampler_overrides: Any,
+    ) -> Any:
+        """Sample token ids by unmasking from all [MASK].
+
+        Args:
+            num_samples: N. seq_len: L (default ``max_len``); lengths: (N,) per-sample lengths
+                (default: drawn as ``length_mode`` says).
+            seed: seeds the sampler's generator (same seed, same samples).
+            temperature, top_k, top_p: override the model's logit-filter defaults.
+            hooks, step_hooks: extra sampler hooks; return_output: also return the last ``SampleOutput``.
+            **sampler_overrides: e.g. ``num_steps=64``, ``eta=0``, ``reuse_unchanged=False``.
+
+        Returns: (N, L) long ids (no [MASK] left), or ``(ids, output)``.
+        """
+        was_training = self.training
+        self.eval()
+        L = int(seq_len or self.max_len)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        if lengths is None:
+            lengths = self.draw_lengths(num_samples, L, gen)
+        sampler_overrides.setdefault("reuse_unchanged", self.reuse_cache and self.backbone.time_mode == "none")
+        sampler = self.build_sampler(**sampler_overrides)
+        banned = [self.pad_id] + ([self.bos_id, self.eos_id] if self.keep_special else [])
+        filt = LogitFilter(top_k=self.top_k if top_k is None else top_k, top_p=self.top_p if top_p is None else top_p,
+                           temperature=self.temperature if temperature is None else temperature,
+                           banned_ids=banned)
+        dev_gen = gen if self.device.type == "cpu" or gen is None else torch.Generator(self.device).manual_seed(seed)
+        chunks, out, nfe = [], None, []
+        for start in range(0, num_samples, batch_size):
+            init = self.initial_state(lengths[start:start + batch_size].to(self.device), L)
+            out = sampler.sample(lambda x, t, sc: self.denoise(x, t), tuple(init.shape), x_init=init,
+                                 generator=dev_gen, device=self.device, hooks=[filt, *hooks], step_hooks=step_hooks)
+            chunks.append(out.x)
+            nfe.append(out.nfe)
+        self.train(was_training)
+        self.last_sample_stats = {"reuse_unchanged": sampler.reuse_unchanged, "mean_nfe": sum(nfe) / len(nfe)}
+        ids = torch.cat(chunks)
+        return (ids, out) if return_output else ids
+
+    # ----- likelihood -----
+    @torch.no_grad()
+    def nll_bound(self, batch: Batch, num_t: int = 1, num_steps: Optional[int] = None) -> dict[str, Tensor]:
+        """The bound on -log p(x) (nats per sequence) of the K-step reverse chain
+        (``AbsorbingProcess.nll``; the official ``discrete_diffusion_elbo``), averaged over ``num_t``
+        draws. K = ``num_steps`` or ``nll_steps`` or the sampler's. Only diffused tokens count
+        (not PAD, nor BOS/EOS with ``keep_special``). Returns "nll" (B,) and "tokens" (B,)."""
+        was_training = self.training
+        self.eval()
+        ids = batch["ids"]
+        keep = self.keep_mask(ids)
+        K = int(num_steps or self.nll_steps or self.build_sampler().num_steps)
+        draws = max(int(num_t), 1)
+        nll = sum(self.process.nll(self.denoise, ids, K, keep=keep) for _ in range(draws)) / draws
+        self.train(was_training)
+        return {"nll": nll, "tokens": (~keep).sum(-1).float()}
