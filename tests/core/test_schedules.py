@@ -155,3 +155,18 @@ def test_spindle_weights_set_later_and_reloaded():
     fresh.load_state_dict(sp.state_dict())
     x0 = torch.tensor([[1, 2]])
     torch.testing.assert_close(fresh.alpha_bar(torch.tensor([0.5]), x0), sp.alpha_bar(torch.tensor([0.5]), x0))
+
+
+def test_spindle_and_discrete_loss_weights_match_finite_differences():
+    """-p'(t) / (1 - p(t)) of the spindle's per-token keep-probability, against central differences of
+    alpha_bar; a discretised schedule uses its continuous curve's weight (the grid has no derivative)."""
+    torch.manual_seed(0)
+    sched = SpindleSchedule(MutualSchedule(), token_weight=torch.rand(12), lam=0.3, pad_id=0)
+    x0 = torch.randint(1, 12, (4, 7))
+    x0[:, -2:] = 0
+    t, h = torch.tensor([0.15, 0.4, 0.6, 0.85], dtype=torch.float64), 1e-5
+    p = sched.alpha_bar(t, x0).double()
+    dp = (sched.alpha_bar(t + h, x0).double() - sched.alpha_bar(t - h, x0).double()) / (2 * h)
+    torch.testing.assert_close(sched.loss_weight(t, x0).double(), -dp / (1 - p), rtol=1e-3, atol=1e-4)
+    grid = DiscreteSchedule(MutualSchedule(), 64, max_beta=1.0)
+    torch.testing.assert_close(grid.loss_weight(t), 1 / t)

@@ -188,3 +188,13 @@ def test_loss_falls_on_tatoeba_and_checkpoint_reloads(shared_data, tmp_path):
     reloaded = make()
     reloaded.load_weights(str(path))
     assert torch.equal(model.generate(6, seed=7), reloaded.generate(6, seed=7))
+
+
+@pytest.mark.parametrize("spindle", [True, False])
+def test_continuous_time_weighted_ce_loss(spindle):
+    m = _model(spindle=spindle)
+    m.process.loss_type = "weighted_ce"
+    seqs = _corpus(8)
+    m.set_corpus_statistics(seqs)
+    terms = m.compute_loss(_batch(seqs))
+    assert torch.isfinite(terms["loss"]) and terms["diffusion"] > 0

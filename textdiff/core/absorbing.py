@@ -95,14 +95,12 @@ class AbsorbingProcess(nn.Module):
     def to_x0(self, logits: Tensor, xt: Tensor, t: Tensor) -> Tensor:
         """Log-probs of x0 (B, L, V): [MASK] is never a prediction, and revealed tokens are carried
         over (MDLM's SUBS parameterisation, §3.2.3)."""
-        logits = logits.float().clone()
-        logits[..., self.mask_id] = float("-inf")
+        logits = logits.float().index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         logp = F.log_softmax(logits, dim=-1)
-        revealed = xt != self.mask_id
-        if revealed.any():
-            onehot = torch.full_like(logp, float("-inf"))
-            onehot.scatter_(-1, xt.unsqueeze(-1), 0.0)
-            logp = torch.where(revealed.unsqueeze(-1), onehot, logp)
+        revealed = (xt != self.mask_id).nonzero(as_tuple=True)  # only these rows change (no full-size copies)
+        if revealed[0].numel():
+            logp[revealed] = float("-inf")
+            logp[(*revealed, xt[revealed])] = 0.0
         return logp
 
     def unmask_prob(self, t: Tensor, s: Tensor, x0: Tensor) -> Tensor:
@@ -125,18 +123,19 @@ class AbsorbingProcess(nn.Module):
         confident first, each as its argmax (a MaskGIT-style analogue of DDIM).
         """
         masked = xt == self.mask_id
-        probs = x0_logp.exp()
-        x0_argmax = probs.argmax(-1)
+        x0_argmax = x0_logp.argmax(-1)
         p_unmask = self.unmask_prob(t, s, x0_argmax)  # (B, L)
         if eta == 1.0:
-            flat = probs.reshape(-1, probs.shape[-1])
-            drawn = torch.multinomial(flat, 1, generator=generator).view_as(xt)
             u = torch.rand(xt.shape, generator=generator, device=xt.device)
             reveal = masked & (u < p_unmask)
-            return torch.where(reveal, drawn, xt)
+            out = xt.clone()
+            if reveal.any():  # draw tokens only where one is revealed (~1/K of the masked positions)
+                probs = x0_logp[reveal].exp()
+                out[reveal] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            return out
         if eta == 0.0:
             n_reveal = torch.round((p_unmask * masked).sum(-1)).long()  # (B,)
-            conf = probs.max(-1).values.masked_fill(~masked, -1.0)
+            conf = x0_logp.max(-1).values.masked_fill(~masked, float("-inf"))
             order = conf.argsort(-1, descending=True).argsort(-1)  # rank of each position
             reveal = masked & (order < n_reveal.unsqueeze(-1))
             return torch.where(reveal, x0_argmax, xt)

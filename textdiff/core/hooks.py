@@ -98,10 +98,9 @@ class LogitFilter:
         self.banned_ids = list(banned_ids)
 
     def __call__(self, logp: Tensor, t: Tensor) -> Tensor:
-        x = logp / self.temperature
+        x = logp / self.temperature if self.temperature != 1.0 else logp
         if self.banned_ids:
-            x = x.clone()
-            x[..., self.banned_ids] = float("-inf")
+            x = x.index_fill(-1, torch.tensor(self.banned_ids, device=x.device), float("-inf"))
         if self.top_k is not None and self.top_k < x.shape[-1]:
             kth = x.topk(self.top_k, dim=-1).values[..., -1:]
             x = x.masked_fill(x < kth, float("-inf"))
@@ -111,5 +110,8 @@ class LogitFilter:
             drop_sorted = (cum - sorted_x.softmax(-1)) >= self.top_p  # keep the smallest set reaching top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
             x = x.masked_fill(drop, float("-inf"))
-        emptied = torch.isneginf(x).all(-1, keepdim=True)  # e.g. a revealed token that is banned: keep it
-        return F.log_softmax(torch.where(emptied, logp, x), dim=-1)
+        if self.banned_ids:  # a position whose only token is banned (e.g. a revealed BOS) keeps it
+            emptied = torch.isneginf(x).all(-1)
+            if emptied.any():
+                x[emptied] = logp[emptied]
+        return F.log_softmax(x, dim=-1)

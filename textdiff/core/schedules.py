@@ -214,6 +214,10 @@ class DiscreteSchedule(NoiseSchedule):
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         return self.abar_grid[self.index(t)].to(t.dtype if t.is_floating_point() else torch.float32)
 
+    def loss_weight(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
+        """The continuous-time weight of the underlying curve (the grid lookup has no derivative)."""
+        return self.base.loss_weight(t, x0)
+
     def training_times(self, u: Tensor) -> Tensor:
         """Chain index i = floor(u T) uniform on {0..T-1}, returned as t = (i + 1)/T."""
         i = torch.floor(u * self.num_steps).clamp(max=self.num_steps - 1)
@@ -320,3 +324,16 @@ class SpindleSchedule(NoiseSchedule):
 
     def training_times(self, u: Tensor) -> Tensor:
         return self.base.training_times(u)
+
+    def loss_weight(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
+        """-p_i'(t) / (1 - p_i(t)) per token (B, L), with p' = abar'(t) + lam pi cos(pi t) (f_i - mean f)
+        inside the clip and 0 where p is clipped; abar' from the base's own weight."""
+        p = self.alpha_bar(t, x0)
+        a = self.base.alpha_bar(t, None).view(-1, 1)
+        da = -self.base.loss_weight(t, None).view(-1, 1) * (1 - a)  # abar' = -w (1 - abar)
+        f = self.token_weight[x0]
+        valid = (x0 != self.pad_id) if self.pad_id is not None else torch.ones_like(x0, dtype=torch.bool)
+        f_mean = (f * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
+        dp = da + self.lam * math.pi * torch.cos(math.pi * t.view(-1, 1)) * (f - f_mean)
+        inside = (p > 0) & (p < self.max_keep)
+        return (-dp * inside / (1 - p).clamp_min(_LOG_SNR_EPS)).clamp_min(0)
