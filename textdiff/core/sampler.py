@@ -35,6 +35,8 @@ class SampleOutput:
             (B, L) long for absorbing ones. With ``early_stop`` it is the state where the loop stopped.
         x0: the last x0 estimate after hooks: (B, L, D) or (B, L, V) log-probs.
         nfe: number of denoiser calls made.
+        row_evals: sequences passed through the denoiser, summed over calls (B x nfe without
+            ``reuse_unchanged``; fewer with it, which recomputes only the sequences that changed).
         times: (K + 1,) the time grid (float64), from 1 to 0.
         trajectory: with ``keep_trajectory``, the state before each step and after the last (on CPU).
         x0_trajectory: with ``keep_trajectory``, each step's x0 estimate (on CPU).
@@ -46,6 +48,7 @@ class SampleOutput:
     times: Tensor
     trajectory: Optional[list[Tensor]] = None
     x0_trajectory: Optional[list[Tensor]] = field(default=None)
+    row_evals: int = 0
 
 
 class Sampler:
@@ -63,8 +66,10 @@ class Sampler:
         self_condition: pass the previous step's x0 estimate to ``denoise`` (None at the first step).
         early_stop: stop after K - early_stop steps (Difformer's ``--decoding-early-stopping``); the
             caller reads ``SampleOutput.x0``.
-        reuse_unchanged: absorbing only: reuse the last network output when no token changed since the
-            last call (valid for a time-agnostic network; MDLM's ``ddpm_cache``).
+        reuse_unchanged: absorbing only: reuse the last network output for every sequence in which no
+            token changed since the last call, and run the denoiser on the changed sequences only
+            (exact for a time-agnostic network whose rows are independent; MDLM's ``ddpm_cache``,
+            per sequence rather than per batch).
     """
 
     def __init__(
@@ -141,13 +146,21 @@ class Sampler:
         traj = [x.detach().cpu()] if keep_trajectory else None
         x0_traj: Optional[list[Tensor]] = [] if keep_trajectory else None
         x0 = prev_in = out = None
-        nfe, n_run = 0, self.num_steps - self.early_stop
+        nfe, row_evals, n_run = 0, 0, self.num_steps - self.early_stop
         for k in range(n_run):
             t = torch.full((batch,), float(times[k]), device=device)
             s = torch.full((batch,), float(times[k + 1]), device=device)
-            if not (self.reuse_unchanged and out is not None and torch.equal(x, prev_in)):
-                out = denoise(x, t, x0 if self.self_condition else None)
-                nfe += 1
+            sc = x0 if self.self_condition else None
+            if self.reuse_unchanged and out is not None:
+                rows = (x != prev_in).flatten(1).any(-1).nonzero().squeeze(-1)  # sequences that changed
+                if rows.numel():  # recompute only those (exact when each row's output depends on that row only)
+                    out = out.clone()
+                    out[rows] = denoise(x[rows], t[rows], None if sc is None else sc[rows])
+                    nfe, row_evals = nfe + 1, row_evals + rows.numel()
+                    prev_in = x.clone()
+            else:
+                out = denoise(x, t, sc)
+                nfe, row_evals = nfe + 1, row_evals + batch
                 if self.reuse_unchanged:
                     prev_in = x.clone()
             x0 = proc.to_x0(out, x, t)
@@ -161,4 +174,5 @@ class Sampler:
                 x0_traj.append(x0.detach().cpu())
             if progress is not None:
                 progress(k + 1, n_run)
-        return SampleOutput(x=x, x0=x0, nfe=nfe, times=times, trajectory=traj, x0_trajectory=x0_traj)
+        return SampleOutput(x=x, x0=x0, nfe=nfe, times=times, trajectory=traj, x0_trajectory=x0_traj,
+                            row_evals=row_evals)

@@ -231,9 +231,10 @@ class DiffusionBERT(DiffusionModule):
             out = sampler.sample(lambda x, t, sc: self.denoise(x, t), tuple(init.shape), x_init=init,
                                  generator=dev_gen, device=self.device, hooks=[filt, *hooks], step_hooks=step_hooks)
             chunks.append(out.x)
-            nfe.append(out.nfe)
+            nfe.append(out.row_evals / init.shape[0])
         self.train(was_training)
-        self.last_sample_stats = {"reuse_unchanged": sampler.reuse_unchanged, "mean_nfe": sum(nfe) / len(nfe)}
+        # network evaluations per sequence (K without the cache)
+        self.last_sample_stats = {"reuse_unchanged": sampler.reuse_unchanged, "nfe_per_sequence": sum(nfe) / len(nfe)}
         ids = torch.cat(chunks)
         return (ids, out) if return_output else ids
 
