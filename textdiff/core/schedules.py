@@ -228,11 +228,16 @@ class DiscreteSchedule(NoiseSchedule):
         times (i+1)/T from 1 down, then 0. Shape (num_steps + 1,).
 
         ``spacing``: "uniform" takes indices round(k (T-1)/(K-1)), k = 0..K-1 (Python rounding, as the
-        official code); "ddim" takes range(0, T, stride) for the stride that gives exactly K steps.
+        official code); "ddim" takes range(0, T, stride) for the stride that gives exactly K steps;
+        "even" visits t = round(T (K - j) / K) / T, j = 0..K: from 1 to 0 in K equal strides
+        (DiffusionBERT's ``step_size``; the natural grid for absorbing chains, which start at t = 1).
         """
         T = self.num_steps
         if not 1 <= num_steps <= T:
             raise ValueError(f"num_steps must be in [1, {T}] for a {T}-step schedule, got {num_steps}")
+        if spacing == "even":
+            steps = [round(T * (num_steps - j) / num_steps) for j in range(num_steps + 1)]
+            return torch.tensor(steps, dtype=torch.float64) / T
         if spacing == "uniform":
             stride = (T - 1) / (num_steps - 1) if num_steps > 1 else 1.0
             idx = sorted({round(k * stride) for k in range(num_steps)})
@@ -242,7 +247,7 @@ class DiscreteSchedule(NoiseSchedule):
                 raise ValueError(f"no integer stride gives exactly {num_steps} of {T} steps; use spacing='uniform'")
             idx = list(range(0, T, strides[0]))
         else:
-            raise ValueError(f"unknown spacing {spacing!r} for a discrete schedule; use 'uniform' or 'ddim'")
+            raise ValueError(f"unknown spacing {spacing!r} for a discrete schedule; use 'uniform', 'ddim' or 'even'")
         times = [(i + 1) / T for i in reversed(idx)] + [0.0]
         return torch.tensor(times, dtype=torch.float64)
 
