@@ -129,8 +129,8 @@ def evaluate_unconditional(
         try:
             loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
             # a bound that depends on the chain (absorbing models) follows the sampler's number of steps
-            chain = {"num_steps": overrides["num_steps"]} if "num_steps" in overrides and \
-                "num_steps" in inspect.signature(model.nll_bound).parameters else {}
+            params = inspect.signature(model.nll_bound).parameters
+            chain = {k: overrides[k] for k in ("num_steps", "spacing") if k in overrides and k in params}
             metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed, **chain))
         except (ValueError, RuntimeError) as err:  # e.g. a continuous-time model has no discrete bound
             log.warning("NLL bound skipped: %s", err)

@@ -53,6 +53,14 @@ def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[An
     return model, dm, cfg, path
 
 
+def _or_run(cfg: DictConfig, run_cfg: DictConfig, key: str, default: int) -> int:
+    """``cfg.<key>``, else the run's ``eval.<key>``, else ``default``."""
+    value = cfg.get(key)
+    if value is None:
+        value = OmegaConf.select(run_cfg, f"eval.{key}", default=default)
+    return int(value)
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Run the sampling job described by a ``sample.yaml`` config; returns the metrics."""
     from textdiff.evaluation import evaluate_unconditional, format_metrics, write_outputs
@@ -64,7 +72,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     extra = {"clamp": bool(cfg.clamp)} if cfg.get("clamp") is not None else {}
     records, metrics = evaluate_unconditional(
         model, dm, split=cfg.split, num_samples=int(cfg.num_samples), batch_size=int(cfg.batch_size),
-        seed=int(cfg.seed), nll_batches=int(cfg.nll_batches), nll_num_t=int(cfg.nll_num_t), sampler=overrides,
+        seed=int(cfg.seed), nll_batches=_or_run(cfg, run_cfg, "nll_batches", 4),
+        nll_num_t=_or_run(cfg, run_cfg, "nll_num_t", 8), sampler=overrides,
         generate_kwargs=extra,
     )
     metrics["checkpoint"] = str(path)

@@ -240,11 +240,12 @@ class DiffusionBERT(DiffusionModule):
 
     # ----- likelihood -----
     @torch.no_grad()
-    def nll_bound(self, batch: Batch, num_t: int = 1, num_steps: Optional[int] = None) -> dict[str, Tensor]:
+    def nll_bound(self, batch: Batch, num_t: int = 1, num_steps: Optional[int] = None,
+                  spacing: Optional[str] = None) -> dict[str, Tensor]:
         """The bound on -log p(x) (nats per sequence) of the K-step reverse chain
         (``AbsorbingProcess.nll``; the official ``discrete_diffusion_elbo``), averaged over ``num_t``
-        draws. K = ``num_steps`` or ``nll_steps`` or the sampler's, on the sampler's time grid
-        (``spacing``). Only diffused tokens count
+        draws. K = ``num_steps`` or ``nll_steps`` or the sampler's, on the time grid ``spacing``
+        (default: the sampler's). Only diffused tokens count
         (not PAD, nor BOS/EOS with ``keep_special``). Returns "nll" (B,) and "tokens" (B,)."""
         was_training = self.training
         self.eval()
@@ -253,6 +254,7 @@ class DiffusionBERT(DiffusionModule):
         sampler = self.build_sampler()
         K = int(num_steps or self.nll_steps or sampler.num_steps)
         draws = max(int(num_t), 1)
-        nll = sum(self.process.nll(self.denoise, ids, K, keep=keep, spacing=sampler.spacing) for _ in range(draws)) / draws
+        grid = spacing or sampler.spacing
+        nll = sum(self.process.nll(self.denoise, ids, K, keep=keep, spacing=grid) for _ in range(draws)) / draws
         self.train(was_training)
         return {"nll": nll, "tokens": (~keep).sum(-1).float()}
