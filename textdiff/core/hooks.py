@@ -86,6 +86,8 @@ class LogitFilter:
     Positions that already hold one certain token (revealed tokens) are unchanged by construction.
     """
 
+    time_invariant = True  # ignores t: the sampler may reuse its output for unchanged sequences
+
     def __init__(self, top_k: Optional[int] = None, top_p: Optional[float] = None,
                  temperature: float = 1.0, banned_ids: Sequence[int] = ()) -> None:
         if temperature <= 0:

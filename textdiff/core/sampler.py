@@ -69,7 +69,8 @@ class Sampler:
         reuse_unchanged: absorbing only: reuse the last network output for every sequence in which no
             token changed since the last call, and run the denoiser on the changed sequences only
             (exact for a time-agnostic network whose rows are independent; MDLM's ``ddpm_cache``,
-            per sequence rather than per batch).
+            per sequence rather than per batch). When every x0 hook is ``time_invariant`` the
+            unchanged sequences also keep their x0 estimate (the absorbing ``to_x0`` ignores t).
     """
 
     def __init__(
@@ -146,15 +147,16 @@ class Sampler:
         traj = [x.detach().cpu()] if keep_trajectory else None
         x0_traj: Optional[list[Tensor]] = [] if keep_trajectory else None
         x0 = prev_in = out = None
+        reuse_x0 = self.reuse_unchanged and all(getattr(h, "time_invariant", False) for h in x0_hooks)
         nfe, row_evals, n_run = 0, 0, self.num_steps - self.early_stop
         for k in range(n_run):
             t = torch.full((batch,), float(times[k]), device=device)
             s = torch.full((batch,), float(times[k + 1]), device=device)
             sc = x0 if self.self_condition else None
+            rows = None  # None: every sequence is (re)computed this step
             if self.reuse_unchanged and out is not None:
                 rows = (x != prev_in).flatten(1).any(-1).nonzero().squeeze(-1)  # sequences that changed
                 if rows.numel():  # recompute only those (exact when each row's output depends on that row only)
-                    out = out.clone()
                     out[rows] = denoise(x[rows], t[rows], None if sc is None else sc[rows])
                     nfe, row_evals = nfe + 1, row_evals + rows.numel()
                     prev_in = x.clone()
@@ -163,9 +165,17 @@ class Sampler:
                 nfe, row_evals = nfe + 1, row_evals + batch
                 if self.reuse_unchanged:
                     prev_in = x.clone()
-            x0 = proc.to_x0(out, x, t)
-            for hook in x0_hooks:
-                x0 = hook(x0, t)
+            if rows is not None and reuse_x0:  # to_x0 and the hooks ignore t: unchanged rows keep their x0
+                if rows.numel():
+                    sub = proc.to_x0(out[rows], x[rows], t[rows])
+                    for hook in x0_hooks:
+                        sub = hook(sub, t[rows])
+                    x0 = x0.clone() if keep_trajectory else x0
+                    x0[rows] = sub
+            else:
+                x0 = proc.to_x0(out, x, t)
+                for hook in x0_hooks:
+                    x0 = hook(x0, t)
             x = proc.reverse_step(x, x0, t, s, eta=self.eta, generator=generator, **step_kw)
             for hook in s_hooks:
                 x = hook(x, s, t, x0)
