@@ -15,6 +15,7 @@ from textdiff.data import tokenizers, sources, datamodule
 from textdiff.metrics import text, likelihood
 assert textdiff.DiffusionLM.__name__ == "DiffusionLM"
 assert textdiff.GaussianProcess.__name__ == "GaussianProcess"
+assert textdiff.DiffusionBERT.__name__ == "DiffusionBERT"  # transformers, still no hydra
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf"))
 assert not bad, bad
 print("ok")
