@@ -310,17 +310,20 @@ class SpindleSchedule(NoiseSchedule):
             self.token_weight = torch.empty_like(state_dict[key])  # weights are set per vocabulary
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def centred_weight(self, x0: Tensor) -> Tensor:
+        """f_i - mean_j f_j over each sentence's non-pad tokens: (B, L) ids -> (B, L) float."""
+        f = self.token_weight[x0]
+        valid = (x0 != self.pad_id) if self.pad_id is not None else torch.ones_like(x0, dtype=torch.bool)
+        return f - (f * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
+
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         if x0 is None:
             raise ValueError("SpindleSchedule.alpha_bar needs x0 (B, L): its keep-probability is per token")
         if self.token_weight.numel() == 0:
             raise RuntimeError("SpindleSchedule has no token weights yet: call set_token_weight(f) first")
-        f = self.token_weight[x0]  # (B, L)
-        valid = (x0 != self.pad_id) if self.pad_id is not None else torch.ones_like(x0, dtype=torch.bool)
-        f_mean = (f * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
         t_ = t.view(-1, 1)
         bump = torch.sin(math.pi * t_).clamp_min(0)  # exact 0 at t = 1 (float32 sin(pi) < 0)
-        p = self.base.alpha_bar(t, None).view(-1, 1) + self.lam * bump * (f - f_mean)
+        p = self.base.alpha_bar(t, None).view(-1, 1) + self.lam * bump * self.centred_weight(x0)
         p = p.clamp(0.0, self.max_keep)
         return torch.where(t_ <= 0, torch.ones_like(p), p)
 
@@ -336,9 +339,6 @@ class SpindleSchedule(NoiseSchedule):
         p = self.alpha_bar(t, x0)
         a = self.base.alpha_bar(t, None).view(-1, 1)
         da = -self.base.loss_weight(t, None).view(-1, 1) * (1 - a)  # abar' = -w (1 - abar)
-        f = self.token_weight[x0]
-        valid = (x0 != self.pad_id) if self.pad_id is not None else torch.ones_like(x0, dtype=torch.bool)
-        f_mean = (f * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
-        dp = da + self.lam * math.pi * torch.cos(math.pi * t.view(-1, 1)) * (f - f_mean)
+        dp = da + self.lam * math.pi * torch.cos(math.pi * t.view(-1, 1)) * self.centred_weight(x0)
         inside = (p > 0) & (p < self.max_keep)
         return (-dp * inside / (1 - p).clamp_min(_LOG_SNR_EPS)).clamp_min(0)
