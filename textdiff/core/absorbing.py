@@ -103,10 +103,11 @@ class AbsorbingProcess(nn.Module):
             logp[(*revealed, xt[revealed])] = 0.0
         return logp
 
-    def unmask_prob(self, t: Tensor, s: Tensor, x0: Tensor) -> Tensor:
-        """P(x_s = x0 | x_t = [MASK], x0) for s < t, per token (B, L) (D3PM eq. 3 for absorbing Q)."""
+    def unmask_prob(self, t: Tensor, s: Tensor, x0: Tensor, exact: bool = False) -> Tensor:
+        """P(x_s = x0 | x_t = [MASK], x0) for s < t, per token (B, L) (D3PM eq. 3 for absorbing Q);
+        ``exact`` uses the closed form whatever ``spindle_posterior`` says."""
         p_t, p_s = self.keep_prob(t, x0), self.keep_prob(s, x0)
-        if self.schedule.token_dependent and self.spindle_posterior == "official":
+        if self.schedule.token_dependent and self.spindle_posterior == "official" and not exact:
             base = self.schedule.base  # DiffusionBERT: q(x_s|x0) * q(x_t|x_s) with the base one-step beta
             beta = (1 - base.alpha_bar(t) / base.alpha_bar(s).clamp_min(1e-12)).view(-1, 1)
             num = p_s * beta
@@ -190,8 +191,7 @@ class AbsorbingProcess(nn.Module):
         which is -w log p(x0) for a token-independent schedule (u = w). Revealed positions add 0.
         x0_logp (B, L, V) log-probs from ``to_x0``; x0, xt (B, L); t, s (B,); mask (B, L) bool.
         """
-        p_t, p_s = self.keep_prob(t, x0), self.keep_prob(s, x0)
-        w = ((p_s - p_t) / (1 - p_t).clamp_min(1e-12)).clamp(0, 1)
+        w = self.unmask_prob(t, s, x0, exact=True)
         u = self.unmask_prob(t, s, x0_logp.argmax(-1)).clamp(1e-12, 1)
         logp_x0 = x0_logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).clamp_min(-1e4)
         kl = torch.xlogy(w, w) - w * (u.log() + logp_x0)
