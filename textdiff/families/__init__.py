@@ -2,10 +2,10 @@
 (DiffusionBERT, which needs transformers, loads on first use)."""
 from typing import Any
 
-from textdiff.families.base import EMA, DiffusionModule
+from textdiff.families.base import EMA, DiffusionModule, TextModule
 from textdiff.families.diffusion_lm import DiffusionLM
 
-__all__ = ["EMA", "DiffusionBERT", "DiffusionLM", "DiffusionModule"]
+__all__ = ["EMA", "DiffusionBERT", "DiffusionLM", "DiffusionModule", "TextModule"]
 
 
 def __getattr__(name: str) -> Any:

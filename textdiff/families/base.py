@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from textdiff.core.absorbing import AbsorbingProcess
 from textdiff.core.gaussian import GaussianProcess
 from textdiff.core.sampler import Sampler
+from textdiff.core.schedules import grid_steps
 from textdiff.core.types import Batch
 
 log = logging.getLogger(__name__)
@@ -52,64 +53,31 @@ class EMA(WeightAveraging):
         self.decay = decay
 
 
-class DiffusionModule(pl.LightningModule):
-    """Base class of the families.
+class TextModule(pl.LightningModule):
+    """What every trainable model of the library shares, diffusion or not (the autoregressive
+    baseline too): optimiser/scheduler factories, loss logging, EMA, the family tag in checkpoints
+    and ``load_weights``.
 
     Args:
-        process: the forward process (Gaussian or absorbing), from ``textdiff.core``.
-        sampler: a factory ``(process=..., **overrides) -> Sampler`` (``functools.partial(Sampler, ...)``;
-            Hydra ``_partial_: true``).
         optimizer: a factory ``params -> Optimizer`` (e.g. ``partial(torch.optim.AdamW, lr=1e-4)``).
         lr_scheduler: optional factory ``optimizer -> LRScheduler``; if it takes ``total_steps`` and it
             is not bound, the trainer's estimated number of optimiser steps is passed.
-        time_sampling: "uniform" or "antithetic" (stratified: u_i = (u + i/B) mod 1; Kingma et al. 2021).
-        time_eps: smallest training time for continuous schedules (t ~ U[time_eps, 1]).
         ema_decay: keep an EMA of the weights with this decay (None = off).
     """
 
-    def __init__(
-        self,
-        process: Union[GaussianProcess, AbsorbingProcess],
-        sampler: Optional[SamplerFactory] = None,
-        optimizer: Optional[OptimizerFactory] = None,
-        lr_scheduler: Optional[SchedulerFactory] = None,
-        time_sampling: Literal["uniform", "antithetic"] = "uniform",
-        time_eps: float = 0.0,
-        ema_decay: Optional[float] = None,
-    ) -> None:
+    #: True for models that generate from a source (``generate(src_ids, src_mask, ...)``).
+    conditional: bool = False
+
+    def __init__(self, optimizer: Optional[OptimizerFactory] = None,
+                 lr_scheduler: Optional[SchedulerFactory] = None, ema_decay: Optional[float] = None) -> None:
         super().__init__()
-        if time_sampling not in ("uniform", "antithetic"):
-            raise ValueError(f"time_sampling must be 'uniform' or 'antithetic', got {time_sampling!r}")
-        if not isinstance(process, (GaussianProcess, AbsorbingProcess)):
-            raise TypeError(f"process must be a GaussianProcess or AbsorbingProcess, got {type(process).__name__}")
-        self.process = process
-        self.sampler_factory = sampler or Sampler
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-4))
         self.lr_scheduler_factory = lr_scheduler
-        self.time_sampling, self.time_eps, self.ema_decay = time_sampling, float(time_eps), ema_decay
+        self.ema_decay = ema_decay
 
-    # ----- what families implement -----
     @abstractmethod
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Scalar loss terms for a batch; must contain "loss"."""
-
-    @abstractmethod
-    def generate(self, num_samples: int, **kwargs: Any) -> Tensor:
-        """Token ids (B, L) of new samples."""
-
-    # ----- shared pieces -----
-    def sample_t(self, n: int) -> Tensor:
-        """Training times (n,): uniform or antithetic u, mapped by the schedule (snapped to the grid for
-        a discrete-time schedule, else t = time_eps + (1 - time_eps) u)."""
-        u = torch.rand(n, device=self.device)
-        if self.time_sampling == "antithetic":
-            u = (u[:1] + torch.arange(n, device=self.device) / n) % 1.0
-        u = self.time_eps + (1 - self.time_eps) * u
-        return self.process.schedule.training_times(u)
-
-    def build_sampler(self, **overrides: Any) -> Sampler:
-        """The configured sampler with ``overrides`` (e.g. ``num_steps=2000``) on this model's process."""
-        return self.sampler_factory(process=self.process, **overrides)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         terms = self.compute_loss(batch)
@@ -156,3 +124,63 @@ class DiffusionModule(pl.LightningModule):
             )
         self.load_state_dict(ckpt["state_dict"], strict=strict)
         return ckpt
+
+
+class DiffusionModule(TextModule):
+    """Base class of the diffusion families.
+
+    Args:
+        process: the forward process (Gaussian or absorbing), from ``textdiff.core``.
+        sampler: a factory ``(process=..., **overrides) -> Sampler`` (``functools.partial(Sampler, ...)``;
+            Hydra ``_partial_: true``).
+        optimizer, lr_scheduler, ema_decay: see ``TextModule``.
+        time_sampling: "uniform" or "antithetic" (stratified: u_i = (u + i/B) mod 1; Kingma et al. 2021).
+        time_eps: smallest training time for continuous schedules (t ~ U[time_eps, 1]).
+    """
+
+    def __init__(
+        self,
+        process: Union[GaussianProcess, AbsorbingProcess],
+        sampler: Optional[SamplerFactory] = None,
+        optimizer: Optional[OptimizerFactory] = None,
+        lr_scheduler: Optional[SchedulerFactory] = None,
+        time_sampling: Literal["uniform", "antithetic"] = "uniform",
+        time_eps: float = 0.0,
+        ema_decay: Optional[float] = None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, ema_decay)
+        if time_sampling not in ("uniform", "antithetic"):
+            raise ValueError(f"time_sampling must be 'uniform' or 'antithetic', got {time_sampling!r}")
+        if not isinstance(process, (GaussianProcess, AbsorbingProcess)):
+            raise TypeError(f"process must be a GaussianProcess or AbsorbingProcess, got {type(process).__name__}")
+        self.process = process
+        self.sampler_factory = sampler or Sampler
+        self.time_sampling, self.time_eps = time_sampling, float(time_eps)
+        self.num_train_steps = grid_steps(process.schedule)
+
+    # ----- what families implement -----
+    @abstractmethod
+    def generate(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Token ids (B, L) of new samples: ``generate(num_samples, ...)`` for unconditional families,
+        ``generate(src_ids, src_mask, ...)`` for conditional ones (``conditional = True``)."""
+
+    # ----- shared pieces -----
+    def sample_t(self, n: int) -> Tensor:
+        """Training times (n,): uniform or antithetic u, mapped by the schedule (snapped to the grid for
+        a discrete-time schedule, else t = time_eps + (1 - time_eps) u)."""
+        u = torch.rand(n, device=self.device)
+        if self.time_sampling == "antithetic":
+            u = (u[:1] + torch.arange(n, device=self.device) / n) % 1.0
+        u = self.time_eps + (1 - self.time_eps) * u
+        return self.process.schedule.training_times(u)
+
+    def time_input(self, t: Tensor) -> Tensor:
+        """What a network sees as time: improved-diffusion's rescaled chain index i * 1000 / T with
+        i = t T - 1 for a T-step chain (Difformer's ``--rescale-timesteps``); 1000 t for a continuous
+        schedule. (B,) -> (B,)."""
+        T = self.num_train_steps
+        return (t * T - 1) * (1000.0 / T) if T else 1000.0 * t
+
+    def build_sampler(self, **overrides: Any) -> Sampler:
+        """The configured sampler with ``overrides`` (e.g. ``num_steps=2000``) on this model's process."""
+        return self.sampler_factory(process=self.process, **overrides)

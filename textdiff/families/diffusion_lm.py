@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from textdiff.core.gaussian import GaussianProcess, gaussian_nll, masked_mean, masked_sum
 from textdiff.core.hooks import ClampToEmbeddings
-from textdiff.core.schedules import grid_steps
 from textdiff.core.types import Batch
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
 from textdiff.nn.transformer import TransformerDenoiser
@@ -80,15 +79,8 @@ class DiffusionLM(DiffusionModule):
         self.lm_head.weight = self.embedding.weight
         self.clamp, self.clamp_t_min, self.clamp_t_max = clamp, float(clamp_t_min), float(clamp_t_max)
         self.mask_padding = bool(mask_padding)
-        self.num_train_steps = grid_steps(process.schedule)
 
     # ----- pieces -----
-    def time_input(self, t: Tensor) -> Tensor:
-        """What the network sees: improved-diffusion's rescaled chain index i * 1000 / T with
-        i = t T - 1 for a T-step chain; 1000 t for a continuous schedule. (B,) -> (B,)."""
-        T = self.num_train_steps
-        return (t * T - 1) * (1000.0 / T) if T else 1000.0 * t
-
     def first_step_time(self, n: int) -> Tensor:
         """t of the first chain step (1/T), or ``time_eps`` for a continuous schedule. (n,)."""
         t0 = 1.0 / self.num_train_steps if self.num_train_steps else max(self.time_eps, 1e-4)
