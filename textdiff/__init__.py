@@ -33,8 +33,14 @@ _EXPORTS = {
     # networks
     "TransformerDenoiser": "textdiff.nn.transformer",
     "TimeConditionedBert": "textdiff.nn.bert",
+    "DifformerNet": "textdiff.nn.difformer",
+    "LengthPredictor": "textdiff.nn.length",
+    "ARTransformer": "textdiff.nn.autoregressive",
     # families
+    "TextModule": "textdiff.families.base",
     "DiffusionModule": "textdiff.families.base",
+    "Difformer": "textdiff.families.difformer",
+    "Autoregressive": "textdiff.families.autoregressive",
     "DiffusionLM": "textdiff.families.diffusion_lm",
     "DiffusionBERT": "textdiff.families.diffusion_bert",
     # data

@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 class SampleAndScore(pl.Callback):
     """After every ``every_n_validations``-th validation, draw ``num_samples`` samples with
     ``num_steps`` sampler steps, log their scores against the validation split under ``sample/``
-    (BLEU against the split, self-BLEU, dist-n) and print ``show`` of them. Rank 0 only; the model's
+    (BLEU against the split, self-BLEU, dist-n) and print ``show`` of them. A conditional model
+    (``conditional = True``) translates the first ``num_samples`` validation sources instead and logs
+    BLEU, chrF and ROUGE-L against their references. Rank 0 only; the model's
     current weights are used (the EMA weights while EMA is on: Lightning swaps them in for validation).
 
     Args:
@@ -41,6 +43,9 @@ class SampleAndScore(pl.Callback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "tokenizer"):
             return
+        if getattr(pl_module, "conditional", False):
+            self._score_conditional(trainer, pl_module, dm)
+            return
         from textdiff.evaluation import generate_texts
         from textdiff.metrics.text import score_unconditional
 
@@ -64,3 +69,21 @@ class SampleAndScore(pl.Callback):
         shown = "\n".join(f"    {s}" for s in sentences[: self.show])
         log.info("step %d samples (BLEU vs valid %.2f, dist-2 %.3f):\n%s", trainer.global_step,
                  scores.get("bleu", float("nan")), scores.get("dist-2", float("nan")), shown)
+
+    def _score_conditional(self, trainer: pl.Trainer, pl_module: Any, dm: Any) -> None:
+        """Translate the first ``num_samples`` validation sources and log BLEU against their references."""
+        from textdiff.evaluation import evaluate_conditional
+
+        split = "valid" if dm.has_split("valid") else "test"
+        overrides = {"num_steps": self.num_steps} if self.num_steps else {}
+        state = torch.random.get_rng_state()
+        try:
+            records, scores = evaluate_conditional(pl_module, dm, split=split, num_examples=self.num_samples,
+                                                   seed=self.seed, sampler=overrides)
+        finally:
+            torch.random.set_rng_state(state)
+        for key in ("bleu", "chrf", "rougeL"):
+            pl_module.log(f"sample/{key}", float(scores[key]), rank_zero_only=True)
+        shown = "\n".join(f"    {r['hypothesis']}  <=  {r['references'][0]}" for r in records[: self.show])
+        log.info("step %d: BLEU on %d %s sources %.2f:\n%s", trainer.global_step, len(records), split,
+                 scores["bleu"], shown)

@@ -100,3 +100,34 @@ def test_diffusion_bert_train_then_sample(shared_data, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     m = json.loads((run_dir / "metrics_k4.json").read_text())
     assert m["sampler"]["num_steps"] == 4 and m["num_sequences"] == 6
+
+
+DIFFORMER_TINY = [
+    "experiment=difformer_multi30k_cpu", "data.max_train_examples=256", "data.max_eval_examples=24",
+    "data.batch_size=16", "data.eval_batch_size=12", "data.tokenizer.vocab_size=500", "model.network.dim=32",
+    "model.network.enc_depth=1", "model.network.dec_depth=1", "model.network.heads=2", "model.network.ffn_dim=64",
+    "model.network.latent_dim=16", "diffusion_steps=100", "sampler.num_steps=6", "sampler.early_stop=2",
+    "trainer.val_check_interval=5", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=5",
+    "callbacks.sample_and_score.num_samples=4", "eval.num_samples=20", "trainer.enable_progress_bar=false",
+]
+
+
+def test_difformer_translates_the_test_split_and_sample_reloads_it(shared_data, tmp_path):
+    run_dir = tmp_path / "df"
+    out = _run("train", [*DIFFORMER_TINY, "trainer.max_steps=10", f"hydra.run.dir={run_dir}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_examples"] == 20 and metrics["generate"]["candidates"] == 6  # 3 lengths x 2 noises
+    assert {"bleu", "bleu_tok", "chrf", "rougeL"} <= set(metrics) and metrics["sampler"]["early_stop"] == 2
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    src = (shared_data / "multi30k" / "raw" / "test.de").read_text(encoding="utf-8").splitlines()
+    ref = (shared_data / "multi30k" / "raw" / "test.en").read_text(encoding="utf-8").splitlines()
+    assert [r["source"] for r in rows] == src[:20] and [r["references"] for r in rows] == [[x] for x in ref[:20]]
+
+    out = _run("sample", [f"run_dir={run_dir}", "num_samples=12", "generate.select=mbr", "generate.length_beam=1",
+                          "suffix=_mbr"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((run_dir / "metrics_mbr.json").read_text())
+    assert m["num_examples"] == 12 and m["generate"]["select"] == "mbr" and m["generate"]["candidates"] == 2
+    out = _run("sample", [f"run_dir={run_dir}", "num_samples=4", f"reranker={run_dir}", "suffix=_bad"])
+    assert out.returncode != 0 and "score" in out.stderr + out.stdout  # a Difformer run cannot rerank

@@ -102,3 +102,52 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    """"best" (ModelCheckpoint's best-*.ckpt, newest if several), "last", or a path."""
+    ckpt_dir = run_dir / "checkpoints"
+    if which == "last":
+        path = ckpt_dir / "last.ckpt"
+    elif which == "best":
+        best = sorted(ckpt_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+        path = best[-1] if best else ckpt_dir / "last.ckpt"
+    else:
+        path = Path(which)
+    if not path.exists():
+        raise ConfigError(f"no checkpoint {path} (ckpt={which!r}; the run directory must hold checkpoints/)")
+    return path
+
+
+def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[Any, Any, DictConfig, Path]:
+    """Rebuild a run's model and datamodule from ``<run_dir>/config.yaml`` and load its checkpoint.
+
+    Returns (model in eval mode, datamodule with its tokenizer, config, checkpoint path).
+    """
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"{run_dir} has no config.yaml: is it a textdiff-train run directory?")
+    cfg = OmegaConf.load(cfg_path)
+    dm = build_datamodule(cfg, None)  # the resolved config points at <run_dir>/tokenizer
+    model = build(cfg, "model")
+    path = find_checkpoint(run_dir, ckpt)
+    model.load_weights(str(path))
+    model.to(device).eval()
+    return model, dm, cfg, path
+
+
+def attach_reranker(model: Any, run_dir: Optional[str], tokenizer: Any) -> None:
+    """Give ``model`` (``set_reranker``) the autoregressive model of the run in ``run_dir`` (its best
+    checkpoint); nothing when ``run_dir`` is empty. Both runs must share one vocabulary (train the
+    reranker with ``data.tokenizer_path=<this run>/tokenizer``): checked token by token."""
+    if not run_dir:
+        return
+    if not hasattr(model, "set_reranker"):
+        raise ConfigError(f"a reranker was given but {type(model).__name__} does not rerank candidates")
+    first = next(model.parameters(), None)
+    ranker, dm, _, _ = load_run(Path(run_dir), "best", str(first.device) if first is not None else "cpu")
+    mine, theirs = tokenizer.vocab_size, dm.tokenizer.vocab_size
+    if mine != theirs or tokenizer.convert_ids_to_tokens(range(mine)) != dm.tokenizer.convert_ids_to_tokens(range(theirs)):
+        raise ConfigError(f"the reranker in {run_dir} has another vocabulary ({theirs} tokens vs {mine}); "
+                          "train it with data.tokenizer_path=<this run's tokenizer directory>")
+    model.set_reranker(ranker)

@@ -14,43 +14,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from textdiff.cli.common import (
-    CONF_DIR, ConfigError, build, build_datamodule, configure_logging, register_resolvers, resolve_device,
+    CONF_DIR, ConfigError, attach_reranker, configure_logging, load_run, register_resolvers, resolve_device,
 )
 
 log = logging.getLogger("textdiff")
 register_resolvers()
-
-
-def find_checkpoint(run_dir: Path, which: str) -> Path:
-    """"best" (ModelCheckpoint's best-*.ckpt, newest if several), "last", or a path."""
-    ckpt_dir = run_dir / "checkpoints"
-    if which == "last":
-        path = ckpt_dir / "last.ckpt"
-    elif which == "best":
-        best = sorted(ckpt_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-        path = best[-1] if best else ckpt_dir / "last.ckpt"
-    else:
-        path = Path(which)
-    if not path.exists():
-        raise ConfigError(f"no checkpoint {path} (ckpt={which!r}; the run directory must hold checkpoints/)")
-    return path
-
-
-def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[Any, Any, DictConfig, Path]:
-    """Rebuild a run's model and datamodule from ``<run_dir>/config.yaml`` and load its checkpoint.
-
-    Returns (model in eval mode, datamodule with its tokenizer, config, checkpoint path).
-    """
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise ConfigError(f"{run_dir} has no config.yaml: is it a textdiff-train run directory?")
-    cfg = OmegaConf.load(cfg_path)
-    dm = build_datamodule(cfg, None)  # the resolved config points at <run_dir>/tokenizer
-    model = build(cfg, "model")
-    path = find_checkpoint(run_dir, ckpt)
-    model.load_weights(str(path))
-    model.to(device).eval()
-    return model, dm, cfg, path
 
 
 def _or_run(cfg: DictConfig, run_cfg: DictConfig, key: str, default: int) -> int:
@@ -63,15 +31,19 @@ def _or_run(cfg: DictConfig, run_cfg: DictConfig, key: str, default: int) -> int
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Run the sampling job described by a ``sample.yaml`` config; returns the metrics."""
-    from textdiff.evaluation import evaluate_unconditional, format_metrics, write_outputs
+    from textdiff.evaluation import evaluate, format_metrics, write_outputs
 
     configure_logging()
     run_dir = Path(cfg.run_dir)
     model, dm, run_cfg, path = load_run(run_dir, cfg.ckpt, resolve_device(cfg.device))
+    attach_reranker(model, cfg.get("reranker"), dm.tokenizer)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
     extra = {"clamp": bool(cfg.clamp)} if cfg.get("clamp") is not None else {}
-    records, metrics = evaluate_unconditional(
-        model, dm, split=cfg.split, num_samples=int(cfg.num_samples), batch_size=int(cfg.batch_size),
+    for node in (OmegaConf.select(run_cfg, "eval.generate"), cfg.get("generate")):  # the run's, then ours
+        if node is not None:
+            extra.update({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None})
+    records, metrics = evaluate(
+        model, dm, split=cfg.split, num_samples=cfg.num_samples, batch_size=int(cfg.batch_size),
         seed=int(cfg.seed), nll_batches=_or_run(cfg, run_cfg, "nll_batches", 4),
         nll_num_t=_or_run(cfg, run_cfg, "nll_num_t", 8), sampler=overrides,
         generate_kwargs=extra,
@@ -80,7 +52,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     metrics.update({f"gen_{k}": v for k, v in extra.items()})
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else run_dir
     samples_path, metrics_path = write_outputs(out_dir, records, metrics, suffix=str(cfg.suffix or ""))
-    print("\n".join(r["text"] for r in records[:5]))
+    print("\n".join(r.get("text", r.get("hypothesis", "")) for r in records[:5]))
     print(format_metrics(metrics))
     print(f"wrote {samples_path} and {metrics_path}")
     return metrics

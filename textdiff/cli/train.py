@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from textdiff.cli.common import (
-    CONF_DIR, ConfigError, build, build_datamodule, configure_logging, register_resolvers,
+    CONF_DIR, ConfigError, attach_reranker, build, build_datamodule, configure_logging, register_resolvers,
 )
 
 log = logging.getLogger("textdiff")
@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     when ``paths.output_dir`` is set."""
     import pytorch_lightning as pl
 
-    from textdiff.evaluation import evaluate_unconditional, format_metrics, write_outputs
+    from textdiff.evaluation import evaluate, format_metrics, write_outputs
 
     configure_logging()
     run_dir = _run_dir(cfg)
@@ -89,14 +89,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"global_step": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1)}
     if cfg.get("evaluate", True) and trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
         ev = cfg.eval
-        records, scores = evaluate_unconditional(
-            model, dm, split=ev.split, num_samples=int(ev.num_samples), batch_size=int(ev.batch_size),
+        attach_reranker(model, ev.get("reranker"), dm.tokenizer)
+        records, scores = evaluate(
+            model, dm, split=ev.split, num_samples=ev.num_samples, batch_size=int(ev.batch_size),
             seed=int(ev.seed), nll_batches=int(ev.nll_batches), nll_num_t=int(ev.nll_num_t),
             sampler=OmegaConf.to_container(ev.sampler, resolve=True) if ev.get("sampler") else None,
+            generate_kwargs=OmegaConf.to_container(ev.generate, resolve=True) if ev.get("generate") else None,
         )
         metrics.update(scores)
         samples_path, metrics_path = write_outputs(run_dir, records, metrics)
-        examples = "\n".join(f"  - {r['text']}" for r in records[:5])
+        examples = "\n".join(f"  - {r.get('text', r.get('hypothesis'))}" for r in records[:5])
         log.info("samples (%s):\n%s\nscores on %s:\n%s\nwrote %s and %s", samples_path.name, examples, ev.split,
                  format_metrics(metrics), samples_path, metrics_path)
     return metrics

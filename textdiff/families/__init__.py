@@ -2,10 +2,12 @@
 (DiffusionBERT, which needs transformers, loads on first use)."""
 from typing import Any
 
+from textdiff.families.autoregressive import Autoregressive
 from textdiff.families.base import EMA, DiffusionModule, TextModule
+from textdiff.families.difformer import Difformer
 from textdiff.families.diffusion_lm import DiffusionLM
 
-__all__ = ["EMA", "DiffusionBERT", "DiffusionLM", "DiffusionModule", "TextModule"]
+__all__ = ["EMA", "Autoregressive", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule", "TextModule"]
 
 
 def __getattr__(name: str) -> Any:
