@@ -4,9 +4,9 @@ noised latent is still nearest to its own token, and how large the noise is agai
 between embeddings.
 
 Reference: the paper motivates its anchor loss, embedding LayerNorm and noise factor F with these
-properties (§3.1-§3.3). The numbering used below (eq. 5, Fig. 1a/1b/1c) follows the project brief;
-only the abstracts of arXiv 2212.09412 v1/v3 could be read offline, so each quantity is defined in
-full in its docstring rather than by reference.
+properties (§3.1-§3.3). The numbering used below (eq. 5, Fig. 1a/1b/1c) follows issue 3; the
+paper's full text was not readable offline, so each quantity is defined in full in its docstring
+rather than by reference.
 
 Notation: E (V, d) is the embedding table; a latent table is the set of diffused vectors z0 of every
 token (Difformer: z0 = sqrt(d) E[w], ``DifformerNet.embed``). A Gaussian process gives
