@@ -27,6 +27,7 @@ from torch import Tensor
 
 from textdiff.core.gaussian import GaussianProcess
 from textdiff.core.types import Batch
+from textdiff.data.datamodule import pad_sequences
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
 from textdiff.metrics.selection import best_by_score, mbr_select
 from textdiff.nn.difformer import DifformerNet
@@ -149,16 +150,10 @@ class Difformer(DiffusionModule):
     def _clamp_hook(self) -> Any:
         return lambda z0, t: self.net.embed(self.net.logits(z0).argmax(-1))  # clamping: snap to sqrt(d) E[w]
 
-    def _frame(self, rows: list[list[int]], length: Optional[int] = None) -> tuple[Tensor, Tensor]:
-        """BOS + tokens + EOS, right-padded: (N, L) ids and mask."""
-        framed = [[self.bos_id, *r, self.eos_id] for r in rows]
-        L = length or max(len(r) for r in framed)
-        ids = torch.full((len(framed), L), self.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(ids, dtype=torch.bool)
-        for i, r in enumerate(framed):
-            ids[i, : len(r)] = torch.tensor(r[:L], device=self.device)
-            mask[i, : len(r)] = True
-        return ids, mask
+    def _frame(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """BOS + tokens + EOS, right-padded: (N, L) ids and mask on this model's device."""
+        ids, mask = pad_sequences([[self.bos_id, *r, self.eos_id] for r in rows], self.pad_id)
+        return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
     def generate(
@@ -221,7 +216,7 @@ class Difformer(DiffusionModule):
         score = (best * cand_mask).sum(-1) / cand_mask.sum(-1)  # mean token log-prob (fairseq NAT)
         special = {self.pad_id, self.bos_id, self.eos_id}
         rows = [[w for w in tok[:int(k)] if w not in special] for tok, k in zip(tokens.tolist(), lengths.tolist())]
-        cand_ids, cand_m = self._frame(rows, None)
+        cand_ids, cand_m = self._frame(rows)
         scores = score.view(B, n)
         if select == "logprob":
             chosen = best_by_score(scores)
