@@ -31,6 +31,17 @@ def _hf_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module of tiny models: fastest, and immune to a busy machine's cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _require_shared() -> bool:
     return os.environ.get("TEXTDIFF_REQUIRE_SHARED_DATA", "") not in ("", "0", "false")
 

@@ -33,13 +33,7 @@ TGT, TGT_MASK = frame([[5, 4, 3], [7, 6], [11, 10, 9, 8], [3, 5]], 8)  # the rev
 PAIRS = {"ids": TGT, "mask": TGT_MASK, "src_ids": SRC, "src_mask": SRC_MASK}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is fastest, and immune to a busy machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")

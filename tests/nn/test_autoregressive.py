@@ -6,13 +6,7 @@ from textdiff.nn import ARTransformer
 from textdiff.nn.autoregressive import causal_mask
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These networks are tiny: one intra-op thread is fastest, and immune to a busy machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 def tiny(enc_depth=2, **kw):
