@@ -195,8 +195,15 @@ def evaluate_conditional(
 def evaluate(model: Any, datamodule: Any, *, split: str, num_samples: Optional[int], batch_size: int, seed: int,
              nll_batches: int, nll_num_t: int, sampler: Optional[dict[str, Any]] = None,
              generate_kwargs: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``evaluate_conditional`` for models with ``conditional = True`` (``num_samples`` = number of
-    sources, None = the whole split), else ``evaluate_unconditional``."""
+    """Evaluate a trained model on ``split``.
+
+    A model with its own ``evaluate_on(datamodule, *, split, num_examples, batch_size, seed)`` method
+    (autoencoders, classifiers: models that do not generate from noise) is evaluated by it;
+    ``evaluate_conditional`` serves models with ``conditional = True`` (``num_samples`` = number of
+    sources, None = the whole split), and ``evaluate_unconditional`` the rest."""
+    if hasattr(model, "evaluate_on"):
+        return model.evaluate_on(datamodule, split=split, num_examples=num_samples, batch_size=batch_size,
+                                 seed=seed)
     if getattr(model, "conditional", False):
         return evaluate_conditional(model, datamodule, split=split, num_examples=num_samples, seed=seed,
                                     sampler=sampler, generate_kwargs=generate_kwargs)
