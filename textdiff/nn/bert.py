@@ -11,65 +11,27 @@ tokens (B, L) and times t (B,) in [0, 1] map to logits (B, L, V). He et al. 2023
 """
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping
 from functools import partial
-from pathlib import Path
 from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertForMaskedLM
 
+from textdiff.nn.hf import build_hf_model
 from textdiff.nn.layers import timestep_embedding
 
 BertSpec = Union[str, "os.PathLike[str]", Mapping, BertConfig, BertForMaskedLM]
 TimeMode = Literal["none", "token", "layerwise"]
 
 
-def _looks_local(name: Union[str, os.PathLike]) -> bool:
-    """True for a PathLike, an existing path, or a string that cannot be a hub id ("org/name")."""
-    s = os.fspath(name)
-    return (not isinstance(name, str) or os.path.exists(s) or s.startswith(("/", ".", "~"))
-            or s.count("/") > 1 or "\\" in s)
-
-
 def build_bert(bert: BertSpec, vocab_size: Optional[int] = None) -> BertForMaskedLM:
-    """Build a ``BertForMaskedLM`` (maps input ids (B, L) to logits (B, L, V)).
-
-    Args:
-        bert: a hub name or local directory (``from_pretrained``), a mapping (dict, DictConfig)
-            of ``BertConfig`` fields or a ``BertConfig`` (random init), or a ``BertForMaskedLM``.
-        vocab_size: the data tokenizer's vocabulary size V. Set on a dict/config before building;
-            for a pre-trained/loaded model a different ``config.vocab_size`` raises ValueError.
-
-    Raises:
-        FileNotFoundError: a local path that does not exist; ValueError: a directory without
-        ``config.json``, a vocabulary mismatch, or an unsupported ``bert`` type.
-    """
-    if isinstance(bert, (Mapping, BertConfig)):  # Mapping: a dict or a Hydra DictConfig
-        config = BertConfig(**dict(bert)) if isinstance(bert, Mapping) else copy.deepcopy(bert)
-        if vocab_size is not None:
-            config.vocab_size = vocab_size
-        return BertForMaskedLM(config)
-    if isinstance(bert, (str, os.PathLike)):
-        path = Path(os.fspath(bert)).expanduser()
-        if _looks_local(bert):
-            if not path.is_dir():
-                raise FileNotFoundError(f"BERT checkpoint directory '{path}' does not exist")
-            if not (path / "config.json").is_file():
-                raise ValueError(f"'{path}' has no config.json: not a save_pretrained directory")
-            bert = BertForMaskedLM.from_pretrained(str(path))
-        else:
-            bert = BertForMaskedLM.from_pretrained(os.fspath(bert))
-    if not isinstance(bert, BertForMaskedLM):
-        raise ValueError("bert must be a name/path, dict, BertConfig or BertForMaskedLM, "
-                         f"got {type(bert).__name__}")
-    if vocab_size is not None and vocab_size != bert.config.vocab_size:
-        raise ValueError(f"vocab_size mismatch: the tokenizer has {vocab_size} tokens but the BERT "
-                         f"model has config.vocab_size={bert.config.vocab_size}")
-    return bert
+    """Build a ``BertForMaskedLM`` (maps input ids (B, L) to logits (B, L, V)) from a hub name or local
+    directory, a mapping of ``BertConfig`` fields or a ``BertConfig`` (random init), or a model;
+    ``vocab_size`` is set on configs and checked against models (see ``build_hf_model``)."""
+    return build_hf_model(bert, BertForMaskedLM, BertConfig, vocab_size, what="BERT")
 
 
 class TimeConditionedBert(nn.Module):
