@@ -115,6 +115,10 @@ def evaluate_unconditional(
     sentences = [s for row in gen["rows"] for s in row]
     records = [{"id": i, "text": " ".join(row) if block else row[0], **({"sentences": row} if block else {})}
                for i, row in enumerate(gen["rows"])]
+    labels, classes = getattr(model, "last_labels", None), getattr(datamodule, "classes", None)
+    if labels is not None and classes and len(labels) == len(records):  # class-conditional samples
+        for r, lab in zip(records, labels):
+            r["class"] = classes[lab]
     metrics: dict[str, Any] = {"split": split, "num_sequences": num_samples,
                                "sampling_seconds": round(gen["seconds"], 3),
                                "sequences_per_second": round(gen["sentences_per_second"], 3)}
@@ -192,10 +196,51 @@ def evaluate_conditional(
     return records, metrics
 
 
+def score_with_judges(records: list[dict[str, Any]], judges: Optional[dict[str, Any]], classes: Sequence[str] = ()
+                      ) -> dict[str, Any]:
+    """Scores of generated texts by models trained separately on the same corpus ("judges").
+
+    Args:
+        records: the evaluation records; the text is ``text`` (unconditional) or ``hypothesis``. Records with
+            a ``class`` (the class a class-conditional sample was asked for) are checked by the classifier.
+        judges: ``{"lm": (model, tokenizer), "classifier": (model, tokenizer)}``, either optional: an
+            autoregressive language model (perplexity of the texts under it, ``lm_*`` keys of
+            ``textdiff.metrics.fluency.lm_perplexity``) and a ``TextClassifier`` (``class_accuracy``: share of
+            samples it assigns to the requested class).
+        classes: the class names of the generating model's data, which must equal the classifier's.
+
+    Returns:
+        The metrics to add (empty without judges).
+    """
+    out: dict[str, Any] = {}
+    texts = [r.get("text", r.get("hypothesis", "")) for r in records]
+    if not judges or not texts:
+        return out
+    if judges.get("lm") is not None:
+        from textdiff.metrics.fluency import lm_perplexity
+
+        lm, tok = judges["lm"]
+        out.update(lm_perplexity(lm, tok, texts))
+    wanted = [r["class"] for r in records if "class" in r]
+    if judges.get("classifier") is not None and wanted:
+        clf, tok = judges["classifier"]
+        if list(clf.classes) != list(classes):
+            raise ValueError(f"the classifier's classes {list(clf.classes)} differ from the data's {list(classes)}: "
+                             "train it on the same data config (label_field/label_slot)")
+        predicted = clf.classify_texts([t for r, t in zip(records, texts) if "class" in r], tok)
+        names = [clf.classes[i] for i in predicted]
+        for r, name in zip([r for r in records if "class" in r], names):
+            r["classified_as"] = name
+        out["class_accuracy"] = sum(p == w for p, w in zip(names, wanted)) / len(wanted)
+    return out
+
+
 def evaluate(model: Any, datamodule: Any, *, split: str, num_samples: Optional[int], batch_size: int, seed: int,
              nll_batches: int, nll_num_t: int, sampler: Optional[dict[str, Any]] = None,
-             generate_kwargs: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Evaluate a trained model on ``split``.
+             generate_kwargs: Optional[dict[str, Any]] = None,
+             judges: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Evaluate a trained model on ``split``; ``judges`` (see ``score_with_judges``) add language-model
+    perplexity and class accuracy of generated texts.
 
     A model with its own ``evaluate_on(datamodule, *, split, num_examples, batch_size, seed)`` method
     (autoencoders, classifiers: models that do not generate from noise) is evaluated by it;
@@ -205,11 +250,14 @@ def evaluate(model: Any, datamodule: Any, *, split: str, num_samples: Optional[i
         return model.evaluate_on(datamodule, split=split, num_examples=num_samples, batch_size=batch_size,
                                  seed=seed)
     if getattr(model, "conditional", False):
-        return evaluate_conditional(model, datamodule, split=split, num_examples=num_samples, seed=seed,
-                                    sampler=sampler, generate_kwargs=generate_kwargs)
-    return evaluate_unconditional(model, datamodule, split=split, num_samples=int(num_samples or 200),
-                                  batch_size=batch_size, seed=seed, nll_batches=nll_batches, nll_num_t=nll_num_t,
-                                  sampler=sampler, generate_kwargs=generate_kwargs)
+        records, metrics = evaluate_conditional(model, datamodule, split=split, num_examples=num_samples, seed=seed,
+                                                sampler=sampler, generate_kwargs=generate_kwargs)
+    else:
+        records, metrics = evaluate_unconditional(
+            model, datamodule, split=split, num_samples=int(num_samples or 200), batch_size=batch_size, seed=seed,
+            nll_batches=nll_batches, nll_num_t=nll_num_t, sampler=sampler, generate_kwargs=generate_kwargs)
+    metrics.update(score_with_judges(records, judges, getattr(datamodule, "classes", ())))
+    return records, metrics
 
 
 def _json_safe(obj: Any) -> Any:
@@ -238,6 +286,7 @@ def write_outputs(out_dir: Path, records: Sequence[dict[str, Any]], metrics: dic
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One line per headline metric, for the console."""
-    keys = ["bleu", "bleu_tok", "chrf", "rougeL", "self_bleu", "dist-1", "dist-2", "dist-3", "dist-4",
-            "memorization", "nll", "ppl", "sequences_per_second", "sentences_per_second"]
+    keys = ["bleu", "bleu_tok", "chrf", "rougeL", "self_bleu", "dist-1", "dist-2", "dist-3", "dist-4", "diversity",
+            "memorization", "nll", "ppl", "lm_ppl", "class_accuracy", "accuracy", "copy_bleu", "denoise_bleu",
+            "reconstruction_bleu", "sequences_per_second", "sentences_per_second"]
     return "\n".join(f"  {k:>22}: {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))

@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 def register_resolvers() -> None:
     """``${td.shared_data:}`` -> the shared corpora folder; ``${td.toy_corpus:train}`` -> a split of the
-    synthetic corpus (created on first use)."""
+    synthetic corpus (created on first use); ``${td.run_dir_of:<run>/checkpoints/x.ckpt}`` -> ``<run>`` (the run
+    directory that holds a checkpoint, e.g. to reuse its tokenizer)."""
     from textdiff.data.paths import shared_data_dir
 
     def toy(split: str) -> str:
@@ -33,6 +34,16 @@ def register_resolvers() -> None:
 
     OmegaConf.register_new_resolver("td.shared_data", lambda: str(shared_data_dir()), replace=True)
     OmegaConf.register_new_resolver("td.toy_corpus", toy, replace=True)
+    OmegaConf.register_new_resolver("td.run_dir_of", run_dir_of, replace=True)
+
+
+def run_dir_of(checkpoint: str) -> str:
+    """The run directory of a checkpoint path: ``<run>/checkpoints/last.ckpt`` -> ``<run>``."""
+    path = Path(str(checkpoint))
+    if path.parent.name != "checkpoints":
+        raise ConfigError(f"{checkpoint} is not inside a run's checkpoints/ directory (expected "
+                          "<run_dir>/checkpoints/<name>.ckpt)")
+    return str(path.parent.parent)
 
 
 def _choices() -> dict[str, str]:
@@ -66,12 +77,25 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
-    """Build the DataModule and its tokenizer; fill ``data.vocab_size`` (checking a set value) and
-    ``tokens.*`` (the special-token ids)."""
+    """Build the DataModule and its tokenizer; fill ``data.vocab_size`` (checking a set value),
+    ``data.num_classes`` (the number of label classes, 0 for unlabelled data; a set value is checked) and
+    ``tokens.*`` (the special-token ids). ``data.num_classes`` is a filled-in value, not a DataModule
+    argument: it is held out of the DataModule's arguments (so a saved config.yaml rebuilds any DataModule)."""
     kwargs = {}
     if run_dir is not None and not OmegaConf.select(cfg, "data.tokenizer_path"):
         kwargs["tokenizer_path"] = str(run_dir / "tokenizer")
-    dm = build(cfg, "data", **kwargs)
+    data_node = OmegaConf.select(cfg, "data")
+    has_classes = isinstance(data_node, DictConfig) and "num_classes" in data_node
+    set_classes = OmegaConf.select(cfg, "data.num_classes") if has_classes else None
+    if has_classes:
+        with open_dict(cfg):
+            cfg.data.pop("num_classes")
+    try:
+        dm = build(cfg, "data", **kwargs)
+    finally:
+        if has_classes:
+            with open_dict(cfg):
+                cfg.data.num_classes = set_classes
     tokenizer = dm.build_tokenizer()
     set_size = OmegaConf.select(cfg, "data.vocab_size")
     if set_size is not None and int(set_size) != tokenizer.vocab_size:
@@ -79,8 +103,14 @@ def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
             f"data.vocab_size={set_size} but the tokenizer has {tokenizer.vocab_size} tokens; "
             "remove data.vocab_size (it is filled in) or fix it"
         )
+    num_classes = int(getattr(dm, "num_classes", 0) or 0)  # reads the training labels when there are any
+    if set_classes is not None and int(set_classes) != num_classes:
+        found = f"{num_classes} classes {dm.classes}" if num_classes else "no labels (data.label_field is unset)"
+        raise ConfigError(f"data.num_classes={set_classes} but the data has {found}; remove data.num_classes "
+                          "(it is filled in) or fix it")
     with open_dict(cfg):
         cfg.data.vocab_size = tokenizer.vocab_size
+        cfg.data.num_classes = num_classes
         cfg.tokens = {k: getattr(tokenizer, k, None) for k in ("pad_id", "bos_id", "eos_id", "unk_id", "mask_id")}
         if "tokenizer_path" in kwargs:
             cfg.data.tokenizer_path = kwargs["tokenizer_path"]
@@ -134,6 +164,22 @@ def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[An
     model.load_weights(str(path))
     model.to(device).eval()
     return model, dm, cfg, path
+
+
+def load_judges(lm_run: Optional[str], classifier_run: Optional[str], device: str = "cpu") -> dict[str, Any]:
+    """The judge models of ``textdiff.evaluation.score_with_judges`` from their run directories (best
+    checkpoints): an autoregressive language model and a ``TextClassifier``, each with its own tokenizer."""
+    judges: dict[str, Any] = {}
+    for key, run in (("lm", lm_run), ("classifier", classifier_run)):
+        if run:
+            model, dm, _, _ = load_run(Path(run), "best", device)
+            judges[key] = (model, dm.tokenizer)
+    if "lm" in judges and getattr(judges["lm"][0], "conditional", False):
+        raise ConfigError(f"the language model in {lm_run} is an encoder-decoder; train a decoder-only LM "
+                          "(model.network.enc_depth=0, e.g. experiment=ar_lm_tatoeba_cpu)")
+    if "classifier" in judges and not hasattr(judges["classifier"][0], "classify_texts"):
+        raise ConfigError(f"{classifier_run} does not hold a TextClassifier run")
+    return judges
 
 
 def attach_reranker(model: Any, run_dir: Optional[str], tokenizer: Any) -> None:

@@ -14,7 +14,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from textdiff.cli.common import (
-    CONF_DIR, ConfigError, attach_reranker, configure_logging, load_run, register_resolvers, resolve_device,
+    CONF_DIR, ConfigError, attach_reranker, configure_logging, load_judges, load_run, register_resolvers,
+    resolve_device,
 )
 
 log = logging.getLogger("textdiff")
@@ -47,6 +48,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         seed=int(cfg.seed), nll_batches=_or_run(cfg, run_cfg, "nll_batches", 4),
         nll_num_t=_or_run(cfg, run_cfg, "nll_num_t", 8), sampler=overrides,
         generate_kwargs=extra,
+        judges=load_judges(cfg.get("lm") or OmegaConf.select(run_cfg, "eval.lm"),
+                           cfg.get("classifier") or OmegaConf.select(run_cfg, "eval.classifier"), str(model.device)),
     )
     metrics["checkpoint"] = str(path)
     metrics.update({f"gen_{k}": v for k, v in extra.items()})

@@ -15,6 +15,7 @@ class Batch(TypedDict, total=False):
         src_ids: (B, S) long — source tokens (seq2seq only).
         src_mask: (B, S) bool — True on real source tokens (seq2seq only).
         index: (B,) long — position of each example in its split (for references and order checks).
+        labels: (B,) long — class ids (data with ``label_field``; class-conditional models, classifiers).
     """
 
     ids: Tensor
@@ -22,6 +23,7 @@ class Batch(TypedDict, total=False):
     src_ids: Tensor
     src_mask: Tensor
     index: Tensor
+    labels: Tensor
 
 
 class DenoiseFn(Protocol):

@@ -2,7 +2,9 @@
 
 Both yield :class:`textdiff.core.types.Batch` dicts: ``ids`` (B, L) long, ``mask`` (B, L) bool
 (True on real tokens, BOS/EOS included), ``index`` (B,) long (position in the split, so
-``references(split)[index]`` lines up); seq2seq adds ``src_ids`` (B, S) and ``src_mask`` (B, S).
+``references(split)[index]`` lines up); seq2seq adds ``src_ids`` (B, S) and ``src_mask`` (B, S);
+a TextDataModule with ``label_field`` adds ``labels`` (B,) long (class ids,
+``labels(split)[index]``).
 Splits: ``"train"``, ``"valid"``, ``"test"``. Truncated/dropped examples are counted, logged on
 the ``textdiff.data`` logger and kept in ``self.stats[split]``.
 """
@@ -23,7 +25,8 @@ from torch.utils.data import DataLoader
 
 from textdiff.core.types import Batch
 from textdiff.data.sources import OVERFLOW_POLICIES, DataError, fit_length, load_hf_split
-from textdiff.data.sources import read_jsonl, read_parallel, read_texts, source_text
+from textdiff.data.sources import detect_format, parse_mr, read_jsonl, read_parallel, read_texts
+from textdiff.data.sources import source_text
 from textdiff.data.sources import target_references, target_text
 from textdiff.data.tokenizers import HFTokenizer, Tokenizer, build_word_tokenizer, load_tokenizer
 
@@ -51,11 +54,14 @@ def pad_sequences(
 def collate(
     items: Items, pad_id: int, max_len: int | None = None, max_src_len: int | None = None
 ) -> Batch:
-    """Collate items ``{"ids", "index"[, "src_ids"]}`` into a :class:`Batch` padded with
-    ``pad_id``: ids/mask (B, L), index (B,), src_ids/src_mask (B, S) for pairs. ``max_len`` /
-    ``max_src_len`` fix L / S; None pads to the longest in the batch."""
+    """Collate items ``{"ids", "index"[, "src_ids"][, "label"]}`` into a :class:`Batch` padded with
+    ``pad_id``: ids/mask (B, L), index (B,), src_ids/src_mask (B, S) for pairs, labels (B,) long
+    when the items carry a class id. ``max_len`` / ``max_src_len`` fix L / S; None pads to the
+    longest in the batch."""
     ids, mask = pad_sequences([it["ids"] for it in items], pad_id, max_len)
     batch = Batch(ids=ids, mask=mask, index=torch.tensor([it["index"] for it in items]))
+    if "label" in items[0]:
+        batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
     if "src_ids" in items[0]:
         src = [it["src_ids"] for it in items]
         batch["src_ids"], batch["src_mask"] = pad_sequences(src, pad_id, max_src_len)
@@ -258,6 +264,16 @@ class TextDataModule(_BaseDataModule):
         vocab_size: if given, must equal the tokenizer's (``data.vocab_size`` check).
         pad_to_max: pad to L (fixed shape) rather than to the longest in the batch.
         seed: seeds the training shuffle order (else torch's global RNG decides).
+        label_field: JSON/HF field holding each example's class (e.g. ``mr`` for e2e); None = no
+            labels (batches have no ``labels``). Needs ``padding="pad"`` (a block mixes examples).
+        label_slot: when set, ``label_field`` holds an E2E-style meaning representation
+            (``"name[X], eatType[pub], ..."``) and the class is the value of this slot (``eatType``
+            -> ``pub``); otherwise the whole (string) field value is the class.
+        classes: the class names, in class-id order; None = the sorted distinct labels of the
+            training split (after ``max_train_examples``). A valid/test label outside the list
+            raises a DataError naming the split and the example index.
+        missing_label: the class of examples whose MR lacks ``label_slot``; None = drop them
+            (counted in ``stats[split]["missing_label"]`` and logged).
     """
 
     def __init__(
@@ -269,6 +285,8 @@ class TextDataModule(_BaseDataModule):
         eval_batch_size: int | None = None, num_workers: int = 0, overflow: str = "truncate",
         max_train_examples: int | None = None, max_eval_examples: int | None = None,
         vocab_size: int | None = None, pad_to_max: bool = True, seed: int | None = None,
+        label_field: str | None = None, label_slot: str | None = None,
+        classes: Sequence[str] | None = None, missing_label: str | None = None,
     ) -> None:
         paths = {"train": train_path, "valid": valid_path, "test": test_path}
         super().__init__(paths, tokenizer, tokenizer_path, max_len, batch_size, eval_batch_size,
@@ -277,20 +295,126 @@ class TextDataModule(_BaseDataModule):
         if padding not in ("pad", "block"):
             raise ValueError(f"padding={padding!r}; expected 'pad' or 'block'")
         self.field, self.padding, self.add_bos_eos = field, padding, add_bos_eos
+        if label_field is None:
+            given = {"label_slot": label_slot, "classes": classes, "missing_label": missing_label}
+            if any(v is not None for v in given.values()):
+                used = ", ".join(k for k, v in given.items() if v is not None)
+                raise ValueError(f"{used} given but label_field is None (which field holds the "
+                                 "label?)")
+        elif padding != "pad":
+            raise ValueError(f"label_field={label_field!r} needs padding='pad': with padding="
+                             f"{padding!r} a block mixes several examples, so it has no label")
+        if missing_label is not None and label_slot is None:
+            raise ValueError("missing_label applies to examples whose MR lacks label_slot; "
+                             "set label_slot too")
+        if classes is not None:
+            classes = [str(c) for c in classes]
+            if not classes or len(set(classes)) != len(classes):
+                raise ValueError(f"classes must be a non-empty list of distinct names, got "
+                                 f"{classes}")
+            if missing_label is not None and missing_label not in classes:
+                raise ValueError(f"missing_label={missing_label!r} is not one of classes={classes}")
+        self.label_field, self.label_slot = label_field, label_slot
+        self.missing_label = missing_label
+        self._classes: list[str] | None = classes
+        self._classes_given = classes is not None
+        self._label_names: dict[str, list[str | None]] = {}
+        self._labels: dict[str, list[int]] = {}
 
     def _read_split(self, split: str) -> list:
+        """Field values (N,); with ``label_field``, (text value, label value) pairs (N,)."""
         if self.hf_dataset is not None:
-            name, config = self.hf_dataset, self.hf_config
-            return load_hf_split(name, self.hf_splits[split], self.field or "text", config)
-        return read_texts(self.paths[split], self.field)
+            name, config, text = self.hf_dataset, self.hf_config, self.field or "text"
+            fields = text if self.label_field is None else [text, self.label_field]
+            return load_hf_split(name, self.hf_splits[split], fields, config)
+        if self.label_field is None:
+            return read_texts(self.paths[split], self.field)
+        if detect_format(self.paths[split]) != "jsonl" or self.field is None:
+            raise DataError(f"{self.where(split)}: label_field={self.label_field!r} needs a "
+                            "JSON-lines file (.jsonl) with `field` naming the text, or a Hugging "
+                            "Face dataset")
+        return read_jsonl(self.paths[split], [self.field, self.label_field])
+
+    def _values(self, split: str) -> list:
+        """The text-field values of ``split`` (N,), without the label values."""
+        rows = self.raw(split)
+        return rows if self.label_field is None else [text for text, _ in rows]
 
     def texts(self, split: str) -> list[str]:
         """The raw texts of ``split`` (N strings; the first element of list values)."""
-        return [target_text(v) for v in self.raw(split)]
+        return [target_text(v) for v in self._values(split)]
 
     def references(self, split: str) -> list[list[str]]:
         """Per example, its reference texts (all elements of list values)."""
-        return [target_references(v) for v in self.raw(split)]
+        return [target_references(v) for v in self._values(split)]
+
+    # ----- labels -----
+    def label_names(self, split: str) -> list[str | None]:
+        """Per raw example of ``split`` (N,), its class name; None where the MR lacks
+        ``label_slot`` and ``missing_label`` is None (such examples are dropped from batches)."""
+        if self.label_field is None:
+            raise DataError(f"{type(self).__name__} has no labels: set label_field "
+                            "(e.g. data.label_field=mr data.label_slot=eatType)")
+        if split not in self._label_names:
+            names: list[str | None] = []
+            for i, (_, value) in enumerate(self.raw(split)):
+                where = f"{self.where(split)}: example index {i}"
+                if not isinstance(value, str):
+                    raise DataError(f"{where}: label field {self.label_field!r} holds a list "
+                                    f"({str(value)[:80]!r}); a label must be one string")
+                if self.label_slot is None:
+                    names.append(value.strip())
+                    continue
+                names.append(parse_mr(value, where).get(self.label_slot, self.missing_label))
+            self._label_names[split] = names
+        return self._label_names[split]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in id order (C,): ``classes`` as given, else the sorted distinct labels of
+        the training split (read on first use). ``[]`` without ``label_field``."""
+        if self.label_field is None:
+            return []
+        if self._classes is None:
+            found = sorted({n for n in self.label_names("train") if n is not None})
+            if not found:
+                raise DataError(f"{self.where('train')}: no example has a {self.label_slot!r} slot "
+                                f"in field {self.label_field!r}, so there are no classes")
+            logger.info("%s: %d classes from the training split: %s", self.where("train"),
+                        len(found), found)
+            if len(found) < 2:
+                logger.warning("%s: a single class %s (max_train_examples=%s keeps the first "
+                               "examples; pass `classes` to fix the class list)",
+                               self.where("train"), found, self.max_train_examples)
+            self._classes = found
+        return list(self._classes)
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes; 0 without ``label_field``."""
+        return len(self.classes)
+
+    def labels(self, split: str) -> list[int]:
+        """Per raw example of ``split`` (N,), its class id in :attr:`classes`, so that
+        ``labels(split)[batch["index"]]`` lines up with ``batch["labels"]``; -1 for an example
+        without a label (MR lacking ``label_slot`` with ``missing_label=None``: dropped).
+
+        Raises:
+            DataError: a label is not one of :attr:`classes` (the split and example index named).
+        """
+        if split not in self._labels:
+            ids = {name: c for c, name in enumerate(self.classes)}
+            out = []
+            for i, name in enumerate(self.label_names(split)):
+                if name is not None and name not in ids:
+                    source = "data.classes" if self._classes_given else "the training split"
+                    raise DataError(
+                        f"{self.where(split)}: example index {i} has label {name!r}, which is not "
+                        f"one of the {len(ids)} classes {list(ids)} (from {source}); fix the data "
+                        "or pass `classes` listing every label")
+                out.append(-1 if name is None else ids[name])
+            self._labels[split] = out
+        return list(self._labels[split])
 
     def _training_texts(self) -> list[str]:
         return [r for refs in self.references("train") for r in refs]
@@ -310,8 +434,23 @@ class TextDataModule(_BaseDataModule):
             return [{"ids": stream[i * L:(i + 1) * L], "index": i} for i in range(n)]
         eos = self.tokenizer.eos_id if self.add_bos_eos else None
         fitted, n_over = fit_length(seqs, L, self.overflow, eos, where)
-        items = [{"ids": s, "index": i} for i, s in enumerate(fitted) if s is not None]
-        self._record(split, len(seqs), len(items), n_over)
+        if self.label_field is None:
+            items = [{"ids": s, "index": i} for i, s in enumerate(fitted) if s is not None]
+            self._record(split, len(seqs), len(items), n_over)
+            return items
+        labels = self.labels(split)
+        n_missing = labels.count(-1)
+        if n_missing:
+            logger.warning("%s: %d of %d examples (%.2f%%) have no %r slot in field %r and were "
+                           "dropped (set missing_label to keep them as a class)", where, n_missing,
+                           len(seqs), 100.0 * n_missing / max(len(seqs), 1), self.label_slot,
+                           self.label_field)
+        items = [{"ids": s, "index": i, "label": c}
+                 for i, (s, c) in enumerate(zip(fitted, labels)) if s is not None and c >= 0]
+        if not items and n_missing:
+            raise DataError(f"{where}: no example left: {n_missing} of {len(seqs)} lack the "
+                            f"{self.label_slot!r} slot (missing_label=None drops them)")
+        self._record(split, len(seqs), len(items), n_over, missing_label=n_missing)
         return items
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -274,6 +275,36 @@ def target_references(value: str | Sequence[str]) -> list[str]:
     """All references of a target value: ``[value]`` for a string, every element of a list."""
     return [value] if isinstance(value, str) else list(value)
 
+
+_MR_SLOT = re.compile(r"\s*([^\[\],]+?)\s*\[([^\[\]]*)\]\s*(?:,|$)")
+
+
+def parse_mr(mr: str, where: str = "meaning representation") -> dict[str, str]:
+    """Slots of an E2E-style meaning representation, in order.
+
+    ``"name[The Eagle], eatType[coffee shop], food[French]"`` ->
+    ``{"name": "The Eagle", "eatType": "coffee shop", "food": "French"}``. Slot names and values are
+    stripped of surrounding spaces; values may hold spaces and non-ASCII characters but no brackets
+    (E2E values never hold a comma or a bracket). An empty MR gives ``{}``.
+
+    Raises:
+        DataError: the text is not a comma-separated list of ``slot[value]`` (``where`` and the
+            offending text are named), or a slot occurs twice.
+    """
+    slots: dict[str, str] = {}
+    pos, text = 0, mr.strip()
+    while pos < len(text):
+        m = _MR_SLOT.match(text, pos)
+        if m is None:
+            raise DataError(f"{where}: cannot parse the meaning representation {mr!r} at "
+                            f"{text[pos:pos + 30]!r} (expected 'slot[value], slot[value], ...')")
+        name, value = m.group(1).strip(), m.group(2).strip()
+        if name in slots:
+            raise DataError(f"{where}: slot {name!r} occurs twice in the meaning representation "
+                            f"{mr!r}")
+        slots[name] = value
+        pos = m.end()
+    return slots
 
 # -- over-long examples (used by the DataModules) ------------------------------------------
 def fit_length(

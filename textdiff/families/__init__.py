@@ -1,13 +1,15 @@
 """One LightningModule per paper; each composes the shared core. Importing this loads Lightning
-(DiffusionBERT, which needs transformers, loads on first use)."""
+(DiffusionBERT and the LD4LG stages, which need transformers, load on first use)."""
 from typing import Any
 
 from textdiff.families.autoregressive import Autoregressive
 from textdiff.families.base import EMA, DiffusionModule, TextModule
+from textdiff.families.classifier import TextClassifier
 from textdiff.families.difformer import Difformer
 from textdiff.families.diffusion_lm import DiffusionLM
 
-__all__ = ["EMA", "Autoregressive", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule", "TextModule"]
+__all__ = ["EMA", "Autoregressive", "BartDenoiser", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule", "LD4LG",
+           "LatentAutoencoder", "TextClassifier", "TextModule"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from textdiff.families.diffusion_bert import DiffusionBERT
 
         return DiffusionBERT
+    if name in ("BartDenoiser", "LatentAutoencoder", "LD4LG"):
+        from textdiff.families import ld4lg
+
+        return getattr(ld4lg, name)
     raise AttributeError(f"module 'textdiff.families' has no attribute {name!r}")

@@ -3,6 +3,7 @@
 ``rouge_score`` (which pulls nltk) is imported on the first ``rouge`` call and ``torch`` only when
 tensors reach ``MeanNLL``.
 """
+from textdiff.metrics.fluency import lm_perplexity, lm_perplexity_per_text
 from textdiff.metrics.likelihood import MeanNLL, nll_summary
 from textdiff.metrics.text import (
     bleu_against_set,
@@ -20,6 +21,6 @@ from textdiff.metrics.text import (
 
 __all__ = [
     "MeanNLL", "bleu_against_set", "corpus_bleu", "corpus_chrf", "dist_n", "distinct_n",
-    "diversity", "memorization", "nll_summary", "rouge", "score_conditional", "score_unconditional",
-    "self_bleu",
+    "diversity", "lm_perplexity", "lm_perplexity_per_text", "memorization", "nll_summary", "rouge",
+    "score_conditional", "score_unconditional", "self_bleu",
 ]
