@@ -20,7 +20,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from textdiff.cli.common import (
-    CONF_DIR, ConfigError, attach_reranker, build, build_datamodule, configure_logging, register_resolvers,
+    CONF_DIR, ConfigError, attach_reranker, build, build_datamodule, configure_logging, load_judges,
+    register_resolvers,
 )
 
 log = logging.getLogger("textdiff")
@@ -85,6 +86,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     log.info("fit took %.1f s (%d optimizer steps)", fit_seconds, trainer.global_step)
+    if hasattr(model, "save_artifacts") and trainer.is_global_zero:  # e.g. LD4LG stage 0 exports its BART
+        model.save_artifacts(run_dir, dm.tokenizer)
 
     metrics: dict[str, Any] = {"global_step": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1)}
     if cfg.get("evaluate", True) and trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
@@ -95,6 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             seed=int(ev.seed), nll_batches=int(ev.nll_batches), nll_num_t=int(ev.nll_num_t),
             sampler=OmegaConf.to_container(ev.sampler, resolve=True) if ev.get("sampler") else None,
             generate_kwargs=OmegaConf.to_container(ev.generate, resolve=True) if ev.get("generate") else None,
+            judges=load_judges(ev.get("lm"), ev.get("classifier"), str(model.device)),
         )
         metrics.update(scores)
         samples_path, metrics_path = write_outputs(run_dir, records, metrics)

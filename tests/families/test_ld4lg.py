@@ -1,0 +1,261 @@
+"""LD4LG's three stages on tiny models: text infilling, the frozen BART, the self-contained autoencoder
+checkpoint, latent normalisation, v-prediction training, classifier-free guidance and seeded sampling."""
+from functools import partial
+
+import pytest
+import torch
+
+from tests.helpers import TINY_AE, TINY_BART
+from textdiff.core import CosineSquaredSchedule, GaussianProcess, Sampler
+from textdiff.data.tokenizers import load_tokenizer
+from textdiff.families.ld4lg import BartDenoiser, LatentAutoencoder, LD4LG
+from textdiff.nn.bart import build_bart, text_infilling
+from textdiff.nn.ld4lg import LatentDenoiser
+
+V, PAD, BOS, EOS, MASK = 40, 0, 2, 3, 4
+
+
+def _batch(n=8, length=12, seed=0, labels=False):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (n, length), generator=g)
+    ids[:, 0] = BOS
+    mask = torch.ones(n, length, dtype=torch.bool)
+    for i in range(n):  # varied lengths: row i ends at length - i % 4
+        end = length - i % 4
+        ids[i, end - 1], ids[i, end:], mask[i, end:] = EOS, PAD, False
+    batch = {"ids": ids, "mask": mask, "index": torch.arange(n)}
+    if labels:
+        batch["labels"] = torch.arange(n) % 3
+    return batch
+
+
+def _stage0():
+    return BartDenoiser(dict(TINY_BART), V, PAD, BOS, EOS, MASK)
+
+
+def _ae(bart=None):
+    return LatentAutoencoder(bart=bart if bart is not None else _stage0().bart, **TINY_AE)
+
+
+def _ld4lg(ae=None, num_classes=0, **kw):
+    den = LatentDenoiser(latent_dim=TINY_AE["latent_dim"], dim=32, depth=2, heads=2, max_len=TINY_AE["num_latents"],
+                         num_classes=num_classes, num_skips=1)
+    proc = GaussianProcess(CosineSquaredSchedule(), prediction="v")
+    sampler = partial(Sampler, num_steps=6, eta=1.0, variance="large")
+    return LD4LG(den, proc, autoencoder=ae if ae is not None else _ae(), sampler=sampler, **kw)
+
+
+# ----- stage 0 -----
+def test_text_infilling_keeps_the_frame_and_masks_about_the_ratio():
+    g = torch.Generator().manual_seed(0)
+    batch = _batch(n=64, length=30)
+    ids, mask = batch["ids"], batch["mask"]
+    out, out_mask = text_infilling(ids, mask, MASK, PAD, ratio=0.3, poisson_lambda=3.0, generator=g)
+    removed = masked = 0
+    for r in range(ids.shape[0]):
+        src, dst = ids[r][mask[r]].tolist(), out[r][out_mask[r]].tolist()
+        assert dst[0] == BOS and dst[-1] == EOS and MASK not in src
+        kept = [t for t in dst if t != MASK]
+        removed += len(src) - len(kept)
+        masked += dst.count(MASK)
+        assert not (out[r][~out_mask[r]] != PAD).any()
+    inner = int(mask.sum()) - 2 * ids.shape[0]
+    assert 0.2 < removed / inner < 0.4  # about 30 % of the tokens are removed into spans
+    assert 0 < masked < removed  # spans shrink to one mask token each
+    again, _ = text_infilling(ids, mask, MASK, PAD, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, out)  # seeded
+
+
+def test_stage0_learns_and_exports_a_loadable_bart(tmp_path):
+    torch.manual_seed(0)
+    model = _stage0()
+    batch = _batch(n=16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model.compute_loss(batch)["loss"].item()
+    for _ in range(40):
+        loss = model.compute_loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.6 * first
+
+    from textdiff.data.tokenizers import build_word_tokenizer
+
+    tok = build_word_tokenizer(["a b c", "b c d"], add_mask_token=True)
+    out = model.save_artifacts(tmp_path, tok)
+    assert out == tmp_path / "bart" and not list(tmp_path.glob(".bart.*"))
+    again = build_bart(str(out), vocab_size=V)
+    assert torch.equal(again.model.shared.weight, model.bart.model.shared.weight)
+    assert load_tokenizer(out).convert_ids_to_tokens(range(tok.vocab_size)) == tok.convert_ids_to_tokens(
+        range(tok.vocab_size))
+
+
+def test_stage0_needs_a_mask_token():
+    with pytest.raises(ValueError, match="mask token"):
+        BartDenoiser(dict(TINY_BART), V, PAD, BOS, EOS, None)
+
+
+# ----- stage 1 -----
+def test_autoencoder_trains_only_its_networks_and_bart_stays_frozen():
+    torch.manual_seed(0)
+    ae = _ae()
+    before = {k: v.clone() for k, v in ae.bart.state_dict().items()}
+    trainable = {n.split(".")[0] for n, p in ae.named_parameters() if p.requires_grad}
+    assert trainable == {"compressor", "reconstructor"}
+    ae.train()
+    assert not ae.bart.training and ae.compressor.training  # frozen BART: no dropout either
+    opt = torch.optim.AdamW([p for p in ae.parameters() if p.requires_grad], lr=1e-2)
+    batch = _batch()
+    first = ae.compute_loss(batch)["loss"].item()
+    for _ in range(30):
+        loss = ae.compute_loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    after = ae.bart.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # not one BART weight moved
+
+
+def test_latents_have_the_configured_shape_and_norm():
+    ae = _ae()
+    b = _batch()
+    z = ae.encode(b["ids"], b["mask"])
+    assert z.shape == (8, TINY_AE["num_latents"], TINY_AE["latent_dim"])
+    assert torch.allclose(z.norm(dim=-1), torch.full(z.shape[:2], TINY_AE["latent_dim"] ** 0.5), atol=1e-4)
+    assert ae.memory(z).shape == (8, TINY_AE["num_latents"], TINY_BART["d_model"])
+    out = ae.reconstruct(b["ids"], b["mask"], max_length=10, min_length=1)
+    assert out.shape[0] == 8 and out.shape[1] <= 10
+
+
+def test_autoencoder_checkpoint_is_self_contained(tmp_path):
+    ae = _ae()
+    ckpt = {"state_dict": ae.state_dict()}
+    ae.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "ae.ckpt")
+    again = LatentAutoencoder.from_checkpoint(tmp_path / "ae.ckpt")
+    b = _batch()
+    assert torch.equal(ae.eval().encode(b["ids"], b["mask"]), again.eval().encode(b["ids"], b["mask"]))
+    torch.save({"state_dict": {}, "textdiff": {"family": "Difformer"}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a LatentAutoencoder checkpoint.*Difformer"):
+        LatentAutoencoder.from_checkpoint(tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="directory"):
+        LatentAutoencoder.from_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="exactly one"):
+        LatentAutoencoder(bart=dict(TINY_BART), bart_path="x")
+
+
+# ----- stage 2 -----
+def test_ld4lg_trains_the_denoiser_only_and_normalises_from_the_first_batch():
+    torch.manual_seed(0)
+    model = _ld4lg()
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"denoiser"}
+    model.train()
+    assert not model.autoencoder.training
+    b = _batch()
+    z = model.autoencoder.encode(b["ids"], b["mask"]).reshape(-1, TINY_AE["latent_dim"])
+    model.compute_loss(b)
+    assert bool(model.latent_stats_set)
+    assert torch.allclose(model.latent_mean, z.mean(0), atol=1e-5)
+    assert torch.allclose(model.latent_scale, (z - z.mean(0)).std(unbiased=False), atol=1e-5)
+    x0 = model.latents(b["ids"], b["mask"])
+    assert abs(float(x0.mean())) < 1e-4 and abs(float(x0.std(unbiased=False)) - 1) < 1e-3
+    frozen = model.latent_mean.clone()
+    model.compute_loss(_batch(seed=1))
+    assert torch.equal(model.latent_mean, frozen)  # set once, then kept (and saved in the state dict)
+    assert "latent_mean" in model.state_dict() and "latent_scale" in model.state_dict()
+
+
+def test_ld4lg_loss_is_the_v_target_and_falls():
+    torch.manual_seed(0)
+    model = _ld4lg(self_condition_prob=0.0)
+    b = _batch()
+    model.train()
+    torch.manual_seed(1)
+    terms = model.compute_loss(b)
+    # a fresh denoiser outputs 0, so the loss is E|v|^2 = E[a^2 eps^2 + sigma^2 x0^2] ~ 1 for unit-variance x0
+    assert 0.7 < float(terms["loss"]) < 1.3
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for step in range(60):
+        torch.manual_seed(100 + step % 4)
+        loss = model.compute_loss(b)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+
+def test_sampling_is_seeded_and_class_labels_are_balanced():
+    torch.manual_seed(0)
+    model = _ld4lg(num_classes=3, guidance_weight=2.0)
+    model.compute_loss(_batch(labels=True))  # sets the latent statistics
+    dec = {"max_length": 8, "min_length": 1}
+    a = model.generate(5, seed=3, batch_size=2, decode=dec)
+    assert model.last_labels == [0, 1, 2, 0, 1]
+    assert model.last_sample_stats["nfe_per_batch"] == 12  # 6 steps x (conditional + unconditional)
+    b = model.generate(5, seed=3, batch_size=2, decode=dec)
+    assert torch.equal(a, b)
+    model.generate(2, seed=3, guidance_weight=1.0, labels=[2, 2], decode=dec)
+    assert model.last_sample_stats["nfe_per_batch"] == 6 and model.last_labels == [2, 2]
+    with pytest.raises(ValueError, match="class ids"):
+        model.generate(2, labels=[0, 3], decode=dec)
+    with pytest.raises(ValueError, match="not class-conditional"):
+        _ld4lg().generate(2, labels=[0, 1])
+
+
+def test_class_conditional_training_needs_labels_and_drops_them():
+    model = _ld4lg(num_classes=3, class_dropout=1.0)
+    with pytest.raises(ValueError, match="label_field"):
+        model.compute_loss(_batch())
+    seen = []
+    model.denoiser.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["class_ids"]),
+                                         with_kwargs=True)
+    model.compute_loss(_batch(labels=True))
+    assert all((c == 3).all() for c in seen)  # p = 1: every row gets the null class
+
+
+def test_guidance_changes_samples_only_for_conditional_models():
+    torch.manual_seed(0)
+    model = _ld4lg(num_classes=3)
+    for p in model.denoiser.output_proj.parameters():  # a fresh denoiser outputs 0: make the class matter
+        torch.nn.init.normal_(p, std=0.5)
+    model.compute_loss(_batch(labels=True))
+    _, z1 = model.generate(3, seed=0, guidance_weight=1.0, return_latents=True, decode={"max_length": 6})
+    _, z3 = model.generate(3, seed=0, guidance_weight=3.0, return_latents=True, decode={"max_length": 6})
+    assert not torch.allclose(z1, z3)
+
+
+def test_seq2seq_variant_generates_one_output_per_source():
+    torch.manual_seed(0)
+    ae = _ae()
+    den = LatentDenoiser(latent_dim=TINY_AE["latent_dim"], dim=32, depth=2, heads=2, max_len=TINY_AE["num_latents"],
+                         context_dim=TINY_BART["d_model"], num_skips=1)
+    model = LD4LG(den, GaussianProcess(CosineSquaredSchedule(), prediction="v"), autoencoder=ae,
+                  sampler=partial(Sampler, num_steps=4), seq2seq=True, guidance_weight=2.0)
+    assert model.conditional
+    b = _batch()
+    b["src_ids"], b["src_mask"] = _batch(seed=5)["ids"], _batch(seed=5)["mask"]
+    assert torch.isfinite(model.compute_loss(b)["loss"])
+    out = model.generate(b["src_ids"][:3], b["src_mask"][:3], seed=0, decode={"max_length": 6, "min_length": 1})
+    assert out.shape[0] == 3
+    with pytest.raises(ValueError, match="context_dim"):
+        LD4LG(LatentDenoiser(latent_dim=8, dim=32, depth=2, heads=2, max_len=4, num_skips=1),
+              GaussianProcess(CosineSquaredSchedule(), prediction="v"), autoencoder=ae, seq2seq=True)
+
+
+def test_ld4lg_rejects_mismatched_pieces(tmp_path):
+    ae = _ae()
+    proc = GaussianProcess(CosineSquaredSchedule(), prediction="v")
+    with pytest.raises(ValueError, match="does not fit"):
+        LD4LG(LatentDenoiser(latent_dim=16, dim=32, depth=2, heads=2, max_len=4, num_skips=1), proc, autoencoder=ae)
+    from textdiff.core import discretize
+
+    with pytest.raises(ValueError, match="continuous"):
+        LD4LG(LatentDenoiser(latent_dim=8, dim=32, depth=2, heads=2, max_len=4, num_skips=1),
+              GaussianProcess(discretize(CosineSquaredSchedule(), 100), prediction="v"), autoencoder=ae)
+    with pytest.raises(FileNotFoundError):
+        LD4LG(LatentDenoiser(latent_dim=8, dim=32, depth=2, heads=2, max_len=4, num_skips=1), proc,
+              autoencoder_path=str(tmp_path / "missing.ckpt"))
