@@ -36,7 +36,7 @@ TINY_BART = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_a
              "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
              "max_position_embeddings": 64}
 TINY_AE = {"num_latents": 4, "latent_dim": 8, "compress_depth": 1, "reconstruct_depth": 1, "dim_head": 8,
-           "reconstruct_heads": 2, "max_seq_len": 32}
+           "reconstruct_heads": 2, "max_seq_len": 64}
 
 
 def save_ld4lg_assets(root, texts):

@@ -155,6 +155,7 @@ class BartDenoiser(TextModule):
         that the directory serves as ``model.bart_path`` *and* ``data.tokenizer_path`` of stage 1.
         Written into a temporary sibling, then renamed (a killed export leaves no half directory)."""
         final = Path(run_dir) / self.export_dir
+        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         self.bart.save_pretrained(str(tmp))
         if tokenizer is not None:
