@@ -25,6 +25,7 @@ def test_three_stages_chain(shared_data, tmp_path):
                          "model.reconstruct_depth=1", "model.generate_kwargs.num_beams=2",
                          f"hydra.run.dir={ae_run}"])
     assert out.returncode == 0, out.stderr[-3000:]
+    assert (ae_run / "tokenizer").is_dir()  # the BART's tokenizer, copied: stage 2 reads it from here
     m = json.loads((ae_run / "metrics.json").read_text())
     assert "reconstruction_bleu" in m and m["bleu"] == m["reconstruction_bleu"]
     rec = json.loads((ae_run / "samples.jsonl").read_text().splitlines()[0])

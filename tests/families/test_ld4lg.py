@@ -256,6 +256,9 @@ def test_ld4lg_rejects_mismatched_pieces(tmp_path):
     with pytest.raises(ValueError, match="continuous"):
         LD4LG(LatentDenoiser(latent_dim=8, dim=32, depth=2, heads=2, max_len=4, num_skips=1),
               GaussianProcess(discretize(CosineSquaredSchedule(), 100), prediction="v"), autoencoder=ae)
+    with pytest.raises(ValueError, match="stage-1 run's tokenizer"):
+        LD4LG(LatentDenoiser(latent_dim=8, dim=32, depth=2, heads=2, max_len=4, num_skips=1), proc, autoencoder=ae,
+              vocab_size=V + 1)
     with pytest.raises(FileNotFoundError):
         LD4LG(LatentDenoiser(latent_dim=8, dim=32, depth=2, heads=2, max_len=4, num_skips=1), proc,
               autoencoder_path=str(tmp_path / "missing.ckpt"))

@@ -97,6 +97,10 @@ def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
             with open_dict(cfg):
                 cfg.data.num_classes = set_classes
     tokenizer = dm.build_tokenizer()
+    if run_dir is not None and "tokenizer_path" not in kwargs and not (run_dir / "tokenizer").exists():
+        from textdiff.data.datamodule import save_tokenizer
+
+        save_tokenizer(tokenizer, run_dir / "tokenizer")  # every run directory holds the tokenizer it used
     set_size = OmegaConf.select(cfg, "data.vocab_size")
     if set_size is not None and int(set_size) != tokenizer.vocab_size:
         raise ConfigError(

@@ -68,7 +68,7 @@ def collate(
     return batch
 
 
-def _save_tokenizer(tok: Tokenizer, path: Path) -> None:
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
     """Save into a temporary sibling, then rename (safe when several DDP ranks race)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -165,7 +165,7 @@ class _BaseDataModule(pl.LightningDataModule):
             else:
                 raise TypeError(f"cannot make a tokenizer from {type(spec).__name__}: {spec!r}")
             if path is not None:
-                _save_tokenizer(tok, path)
+                save_tokenizer(tok, path)
         self._tok = tok
         return tok
 

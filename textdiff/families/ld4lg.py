@@ -301,6 +301,7 @@ class LD4LG(DiffusionModule):
     Args:
         autoencoder: a ``LatentAutoencoder`` or the path of its checkpoint; ``autoencoder_path`` is the same,
             for configs (give one of the two). Frozen here.
+        vocab_size: the data tokenizer's V, checked against the autoencoder's BART (None = unchecked).
         denoiser: a ``LatentDenoiser`` (its latent_dim and max_len must fit the autoencoder's latents;
             ``num_classes`` > 0 for class-conditional generation; ``context_dim`` = BART's d_model for seq2seq).
         process: a continuous-time ``GaussianProcess``, normally the cos^2 schedule with ``prediction="v"``.
@@ -319,6 +320,7 @@ class LD4LG(DiffusionModule):
 
     def __init__(self, denoiser: LatentDenoiser, process: GaussianProcess,
                  autoencoder: Union[LatentAutoencoder, str, None] = None, autoencoder_path: Optional[str] = None,
+                 vocab_size: Optional[int] = None,
                  sampler: Optional[SamplerFactory] = None, self_condition_prob: float = 0.5,
                  class_dropout: float = 0.1, context_dropout: float = 0.1, guidance_weight: float = 1.0,
                  seq2seq: bool = False, normalize_latents: bool = True, loss_type: Literal["l2", "l1"] = "l2",
@@ -336,6 +338,9 @@ class LD4LG(DiffusionModule):
         ae = autoencoder if autoencoder is not None else autoencoder_path
         if not isinstance(ae, LatentAutoencoder):
             ae = LatentAutoencoder.from_checkpoint(ae)
+        if vocab_size is not None and int(vocab_size) != ae.vocab_size:
+            raise ValueError(f"the data's tokenizer has {vocab_size} tokens but the autoencoder's BART has "
+                             f"{ae.vocab_size}: use the stage-1 run's tokenizer (data.tokenizer_path=<stage-1 run>/tokenizer)")
         ae.requires_grad_(False)
         self.autoencoder = ae.eval()
         if loss_type not in ("l2", "l1"):

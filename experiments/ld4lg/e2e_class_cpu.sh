@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# LD4LG class-conditional on E2E (eatType: coffee shop / pub / restaurant) at CPU scale: stage 0 and 1 on the
+# E2E references, stage 2 with a class embedding (classes dropped 10% of the time), the judge classifier
+# (classifier_e2e_cpu) and a sweep of the classifier-free guidance weight w: class accuracy vs diversity.
+# Usage: experiments/ld4lg/e2e_class_cpu.sh [OUT_DIR]      (run from the repository root)
+set -euo pipefail
+OUT=${1:-outputs/experiments/ld4lg_e2e_class_cpu}
+BIN=${BIN:-.venv/bin}
+STEPS0=${STEPS0:-3000}; STEPS1=${STEPS1:-2000}; STEPS2=${STEPS2:-3000}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+"$BIN/textdiff-train" experiment=classifier_e2e_cpu hydra.run.dir="$OUT/classifier"
+"$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu trainer.max_steps="$STEPS0" hydra.run.dir="$OUT/bart"
+"$BIN/textdiff-train" experiment=ld4lg_ae_e2e_cpu trainer.max_steps="$STEPS1" model.bart_path="$OUT/bart/bart" \
+  hydra.run.dir="$OUT/ae"
+"$BIN/textdiff-train" experiment=ld4lg_e2e_class_cpu trainer.max_steps="$STEPS2" \
+  model.autoencoder_path="$OUT/ae/checkpoints/last.ckpt" eval.classifier="$OUT/classifier" hydra.run.dir="$OUT/diffusion"
+for W in 0 1 2 3 5; do
+  "$BIN/textdiff-sample" run_dir="$OUT/diffusion" generate.guidance_weight=$W suffix=_w$W
+done
