@@ -53,12 +53,22 @@ def ld4lg_assets(tmp_path_factory, shared_data):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets):
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50"], tmp_path)
-    for key, value in zip(("bart_path", "autoencoder_path"), ld4lg_assets):  # LD4LG stages 1 and 2
-        if key in cfg.model.keys() and OmegaConf.is_missing(cfg.model, key):  # `in` is False for ??? values
-            with open_dict(cfg):
-                cfg.model[key] = str(value)
+    bart_dir, ae_ckpt = ld4lg_assets
+    with open_dict(cfg):  # LD4LG: stand-ins for the stage-0 export / hub BART and the stage-1 checkpoint
+        for key, value in (("bart_path", bart_dir), ("autoencoder_path", ae_ckpt)):
+            if key in cfg.model.keys() and (OmegaConf.is_missing(cfg.model, key) or cfg.model[key] == "facebook/bart-base"):
+                cfg.model[key] = str(value)  # (`key in cfg` is False for ??? values, hence keys())
                 if "denoiser" in cfg.model:
                     cfg.model.denoiser.update(latent_dim=8, max_len=4)
+                    if cfg.model.denoiser.context_dim:
+                        cfg.model.denoiser.context_dim = 32  # the stand-in BART's d_model
+        if OmegaConf.select(cfg, "data.tokenizer") == "facebook/bart-base":
+            cfg.data.tokenizer = str(bart_dir)
+        if "train_path" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "train_path"):  # ROCStories: files
+            cfg.data.update({f"{s}_path": str(shared_data / "tatoeba_en" / f"{s}.txt") for s in ("train", "valid", "test")})
+        if OmegaConf.select(cfg, "data.hf_dataset") and OmegaConf.select(cfg, "data.label_field"):  # AG News
+            cfg.data.update(hf_dataset=None, hf_config=None, field="ref", label_field="mr", label_slot="eatType",
+                            **{f"{s}_path": str(shared_data / "e2e" / f"{s}.jsonl") for s in ("train", "valid", "test")})
     hub_bert = isinstance(OmegaConf.select(cfg, "model.backbone.bert"), str)
     if hub_bert:  # a hub-named preset: the same loading path, from local directories
         with open_dict(cfg):

@@ -94,7 +94,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
 
 def _get_field(row: Any, field: str, where: str) -> Any:
-    """``row[field]``; a dotted name (``translation.de``) walks nested objects."""
+    """``row[field]``; a dotted name (``translation.de``) walks nested objects. An integer (a Hugging Face
+    ``ClassLabel`` column such as AG News' ``label``) is returned as its decimal string."""
     value = row
     for part in field.split("."):
         if not isinstance(value, dict):
@@ -105,10 +106,12 @@ def _get_field(row: Any, field: str, where: str) -> Any:
         value = value[part]
     if isinstance(value, str):
         return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value
     raise DataError(
-        f"{where}: field {field!r} must be a string or a non-empty list of strings, "
+        f"{where}: field {field!r} must be a string, an integer or a non-empty list of strings, "
         f"got {type(value).__name__}: {str(value)[:80]!r}"
     )
 
