@@ -125,6 +125,18 @@ def test_whole_field_label_without_slot(tmp_path):
     assert pairs == [(0, 0), (1, 1), (2, 0)]
 
 
+def test_integer_labels_become_class_names_but_integer_texts_stay_errors(tmp_path):
+    rows = [{"text": "stocks fell", "label": 2}, {"text": "team won", "label": 1}, {"text": 7, "label": 1}]
+    path = tmp_path / "n.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]), encoding="utf-8")
+    dm = TextDataModule(str(path), field="text", label_field="label", max_len=8, batch_size=4)
+    assert dm.classes == ["1", "2"] and dm.labels("train") == [1, 0]  # AG News-style ClassLabel ids
+    bad = tmp_path / "b.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=r"b\.jsonl:3: field 'text' must be a string"):
+        TextDataModule(str(bad), field="text", label_field="label", max_len=8).texts("train")
+
+
 def test_argument_errors(e2e, tmp_path):
     with pytest.raises(ValueError, match="needs padding='pad'.*block"):
         _dm(e2e, padding="block")

@@ -326,14 +326,15 @@ class TextDataModule(_BaseDataModule):
         if self.hf_dataset is not None:
             name, config, text = self.hf_dataset, self.hf_config, self.field or "text"
             fields = text if self.label_field is None else [text, self.label_field]
-            return load_hf_split(name, self.hf_splits[split], fields, config)
+            labels = [self.label_field] if self.label_field else []
+            return load_hf_split(name, self.hf_splits[split], fields, config, int_fields=labels)
         if self.label_field is None:
             return read_texts(self.paths[split], self.field)
         if detect_format(self.paths[split]) != "jsonl" or self.field is None:
             raise DataError(f"{self.where(split)}: label_field={self.label_field!r} needs a "
                             "JSON-lines file (.jsonl) with `field` naming the text, or a Hugging "
                             "Face dataset")
-        return read_jsonl(self.paths[split], [self.field, self.label_field])
+        return read_jsonl(self.paths[split], [self.field, self.label_field], int_fields=[self.label_field])
 
     def _values(self, split: str) -> list:
         """The text-field values of ``split`` (N,), without the label values."""

@@ -93,9 +93,10 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return [s for _, s in _non_blank(path, _raw_lines(path))]
 
 
-def _get_field(row: Any, field: str, where: str) -> Any:
-    """``row[field]``; a dotted name (``translation.de``) walks nested objects. An integer (a Hugging Face
-    ``ClassLabel`` column such as AG News' ``label``) is returned as its decimal string."""
+def _get_field(row: Any, field: str, where: str, int_fields: Sequence[str] = ()) -> Any:
+    """``row[field]``; a dotted name (``translation.de``) walks nested objects. For a field named in
+    ``int_fields`` (labels: a Hugging Face ``ClassLabel`` column such as AG News' ``label``), an integer is
+    also accepted and returned as its decimal string."""
     value = row
     for part in field.split("."):
         if not isinstance(value, dict):
@@ -106,17 +107,17 @@ def _get_field(row: Any, field: str, where: str) -> Any:
         value = value[part]
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if field in int_fields and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value
     raise DataError(
-        f"{where}: field {field!r} must be a string, an integer or a non-empty list of strings, "
+        f"{where}: field {field!r} must be a string or a non-empty list of strings, "
         f"got {type(value).__name__}: {str(value)[:80]!r}"
     )
 
 
-def read_jsonl(path: str | os.PathLike, field: str | Sequence[str]) -> list:
+def read_jsonl(path: str | os.PathLike, field: str | Sequence[str], int_fields: Sequence[str] = ()) -> list:
     """Values of ``field`` from a JSON-lines file (one object per non-blank line).
 
     Args:
@@ -124,6 +125,7 @@ def read_jsonl(path: str | os.PathLike, field: str | Sequence[str]) -> list:
         field: one field name (values: str or list of str), or several names, in which case
             each element of the result is a tuple with one value per name (one pass over the
             file for source and target). Dotted names walk nested objects.
+        int_fields: fields that may also hold integers (labels), returned as strings.
 
     Raises:
         DataError: a line is not valid JSON / not an object / lacks the field (the message names
@@ -141,7 +143,7 @@ def read_jsonl(path: str | os.PathLike, field: str | Sequence[str]) -> list:
             raise DataError(f"{where}: line {lineno} is not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        values = tuple(_get_field(row, f, where) for f in fields)
+        values = tuple(_get_field(row, f, where, int_fields) for f in fields)
         out.append(values[0] if isinstance(field, str) else values)
     return out
 
@@ -177,12 +179,13 @@ def read_parallel(
 
 
 def load_hf_split(
-    name: str, split: str, field: str | Sequence[str], config: str | None = None
+    name: str, split: str, field: str | Sequence[str], config: str | None = None,
+    int_fields: Sequence[str] = (),
 ) -> list:
     """Values of ``field`` from one split of a Hugging Face dataset (``datasets.load_dataset``).
 
-    ``field`` works as in :func:`read_jsonl` (several names give tuples; dotted names such as
-    ``translation.de`` reach nested columns). Rows whose text is blank are skipped and logged.
+    ``field`` and ``int_fields`` work as in :func:`read_jsonl` (several names give tuples; dotted names
+    such as ``translation.de`` reach nested columns). Rows whose text is blank are skipped and logged.
 
     Raises:
         DataError: the dataset/split cannot be loaded (offline mode named when set), or a field
@@ -211,7 +214,7 @@ def load_hf_split(
     out, skipped = [], 0
     for i, row in enumerate(ds):
         where = f"dataset {name!r} split {split!r} row {i}"
-        values = tuple(_get_field(row, f, where) for f in fields)
+        values = tuple(_get_field(row, f, where, int_fields) for f in fields)
         if any(isinstance(v, str) and not v.strip() for v in values):
             skipped += 1
             continue
