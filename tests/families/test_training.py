@@ -53,3 +53,39 @@ def test_loss_falls_on_e2e_and_checkpoint_reloads(shared_data, tmp_path):
     assert torch.equal(a, b)
     texts = [tok.decode(row) for row in a.tolist()]
     assert all(isinstance(t, str) for t in texts)
+
+
+class _StatefulModule(__import__("textdiff.families.base", fromlist=["TextModule"]).TextModule):
+    """A parameter trained towards 1 and a buffer set on the first training batch (like LD4LG's latent stats)."""
+
+    def __init__(self):
+        super().__init__(optimizer=partial(torch.optim.SGD, lr=0.1), ema_decay=0.5)
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.register_buffer("stat", torch.zeros(()))
+        self.seen_in_validation = []
+
+    def compute_loss(self, batch):
+        if self.training and float(self.stat) == 0:
+            self.stat.fill_(7.0)
+        if not self.training:
+            self.seen_in_validation.append(float(self.stat))
+        return {"loss": (self.w - 1) ** 2 + 0 * batch["ids"].float().mean()}
+
+
+def test_ema_keeps_buffers_live_through_validation_checkpoints_and_the_end_of_fit(tmp_path):
+    """torch's AveragedModel(use_buffers=False) copies the live buffers at each update; WeightAveraging swaps them
+    with the weights, so buffer state set during training (LD4LG's latent statistics) must survive the swaps."""
+    from torch.utils.data import DataLoader
+
+    data = [{"ids": torch.zeros(3, dtype=torch.long)} for _ in range(8)]
+    loader = DataLoader(data, batch_size=2)
+    model = _StatefulModule()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, val_check_interval=3, limit_val_batches=1,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(model, loader, loader)
+    assert model.seen_in_validation and all(v == 7.0 for v in model.seen_in_validation)
+    assert float(model.stat) == 7.0  # after fit the module holds the EMA weights and the live buffers
+    assert 0 < float(model.w) < 1  # averaged, not the raw weight
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    assert float(torch.load(tmp_path / "m.ckpt", weights_only=False)["state_dict"]["stat"]) == 7.0
