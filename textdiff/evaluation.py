@@ -196,8 +196,8 @@ def evaluate_conditional(
     return records, metrics
 
 
-def score_with_judges(records: list[dict[str, Any]], judges: Optional[dict[str, Any]], classes: Sequence[str] = ()
-                      ) -> dict[str, Any]:
+def score_with_judges(records: list[dict[str, Any]], judges: Optional[dict[str, Any]], classes: Sequence[str] = (),
+                      references: Sequence[str] = ()) -> dict[str, Any]:
     """Scores of generated texts by models trained separately on the same corpus ("judges").
 
     Args:
@@ -208,6 +208,8 @@ def score_with_judges(records: list[dict[str, Any]], judges: Optional[dict[str, 
             ``textdiff.metrics.fluency.lm_perplexity``) and a ``TextClassifier`` (``class_accuracy``: share of
             samples it assigns to the requested class).
         classes: the class names of the generating model's data, which must equal the classifier's.
+        references: human texts for ``judges["mauve"]`` (options of ``textdiff.metrics.mauve.mauve_score``,
+            e.g. ``{"model": "gpt2-large"}``): MAUVE of the texts against as many references.
 
     Returns:
         The metrics to add (empty without judges).
@@ -232,6 +234,12 @@ def score_with_judges(records: list[dict[str, Any]], judges: Optional[dict[str, 
         for r, name in zip([r for r in records if "class" in r], names):
             r["classified_as"] = name
         out["class_accuracy"] = sum(p == w for p, w in zip(names, wanted)) / len(wanted)
+    if judges.get("mauve") is not None:
+        from textdiff.metrics.mauve import mauve_score
+
+        if not references:
+            raise ValueError("MAUVE needs reference texts")
+        out.update(mauve_score(texts, list(references)[:len(texts)], **dict(judges["mauve"])))
     return out
 
 
@@ -256,7 +264,8 @@ def evaluate(model: Any, datamodule: Any, *, split: str, num_samples: Optional[i
         records, metrics = evaluate_unconditional(
             model, datamodule, split=split, num_samples=int(num_samples or 200), batch_size=batch_size, seed=seed,
             nll_batches=nll_batches, nll_num_t=nll_num_t, sampler=sampler, generate_kwargs=generate_kwargs)
-    metrics.update(score_with_judges(records, judges, getattr(datamodule, "classes", ())))
+    refs = datamodule.texts(split) if judges and judges.get("mauve") is not None else ()
+    metrics.update(score_with_judges(records, judges, getattr(datamodule, "classes", ()), refs))
     return records, metrics
 
 

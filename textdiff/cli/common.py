@@ -170,10 +170,14 @@ def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[An
     return model, dm, cfg, path
 
 
-def load_judges(lm_run: Optional[str], classifier_run: Optional[str], device: str = "cpu") -> dict[str, Any]:
-    """The judge models of ``textdiff.evaluation.score_with_judges`` from their run directories (best
-    checkpoints): an autoregressive language model and a ``TextClassifier``, each with its own tokenizer."""
+def load_judges(lm_run: Optional[str], classifier_run: Optional[str], device: str = "cpu",
+                mauve: Optional[Any] = None) -> dict[str, Any]:
+    """The judges of ``textdiff.evaluation.score_with_judges``: from their run directories (best checkpoints),
+    an autoregressive language model and a ``TextClassifier``, each with its own tokenizer; ``mauve`` = the
+    options of ``textdiff.metrics.mauve.mauve_score`` (e.g. ``{"model": "gpt2-large"}``) or None."""
     judges: dict[str, Any] = {}
+    if mauve:
+        judges["mauve"] = OmegaConf.to_container(mauve, resolve=True) if isinstance(mauve, DictConfig) else dict(mauve)
     for key, run in (("lm", lm_run), ("classifier", classifier_run)):
         if run:
             model, dm, _, _ = load_run(Path(run), "best", device)

@@ -49,7 +49,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         nll_num_t=_or_run(cfg, run_cfg, "nll_num_t", 8), sampler=overrides,
         generate_kwargs=extra,
         judges=load_judges(cfg.get("lm") or OmegaConf.select(run_cfg, "eval.lm"),
-                           cfg.get("classifier") or OmegaConf.select(run_cfg, "eval.classifier"), str(model.device)),
+                           cfg.get("classifier") or OmegaConf.select(run_cfg, "eval.classifier"), str(model.device),
+                           cfg.get("mauve") or OmegaConf.select(run_cfg, "eval.mauve")),
     )
     metrics["checkpoint"] = str(path)
     metrics.update({f"gen_{k}": v for k, v in extra.items()})

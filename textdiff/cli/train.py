@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             seed=int(ev.seed), nll_batches=int(ev.nll_batches), nll_num_t=int(ev.nll_num_t),
             sampler=OmegaConf.to_container(ev.sampler, resolve=True) if ev.get("sampler") else None,
             generate_kwargs=OmegaConf.to_container(ev.generate, resolve=True) if ev.get("generate") else None,
-            judges=load_judges(ev.get("lm"), ev.get("classifier"), str(model.device)),
+            judges=load_judges(ev.get("lm"), ev.get("classifier"), str(model.device), ev.get("mauve")),
         )
         metrics.update(scores)
         samples_path, metrics_path = write_outputs(run_dir, records, metrics)
