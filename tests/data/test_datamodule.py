@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from textdiff.data.datamodule import Seq2SeqDataModule, TextDataModule
+from textdiff.data.datamodule import TextDataModule
+from textdiff.data.seq2seq import Seq2SeqDataModule
 from textdiff.data.sources import DataError
 from textdiff.data.tokenizers import (
     WordTokenizer,

@@ -11,7 +11,8 @@ import torch
 from omegaconf import OmegaConf
 
 from textdiff.cli.common import ConfigError, build_datamodule
-from textdiff.data.datamodule import Seq2SeqDataModule, TextDataModule, collate
+from textdiff.data.datamodule import TextDataModule, collate
+from textdiff.data.seq2seq import Seq2SeqDataModule
 from textdiff.data.sources import DataError, parse_mr
 
 TRAIN = [

@@ -32,7 +32,7 @@ _EXPORTS = {
     "target_references": "textdiff.data.sources",
     # DataModules (import Lightning)
     "TextDataModule": "textdiff.data.datamodule",
-    "Seq2SeqDataModule": "textdiff.data.datamodule",
+    "Seq2SeqDataModule": "textdiff.data.seq2seq",
     "collate": "textdiff.data.datamodule",
     # corpus statistics (spindle token weights, length histogram)
     "token_counts": "textdiff.data.word_freq",

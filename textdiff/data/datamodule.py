@@ -2,7 +2,7 @@
 
 Both yield :class:`textdiff.core.types.Batch` dicts: ``ids`` (B, L) long, ``mask`` (B, L) bool
 (True on real tokens, BOS/EOS included), ``index`` (B,) long (position in the split, so
-``references(split)[index]`` lines up); seq2seq adds ``src_ids`` (B, S) and ``src_mask`` (B, S);
+``references(split)[index]`` lines up); seq2seq (``textdiff.data.seq2seq``) adds ``src_ids`` (B, S) and ``src_mask`` (B, S);
 a TextDataModule with ``label_field`` adds ``labels`` (B,) long (class ids,
 ``labels(split)[index]``).
 Splits: ``"train"``, ``"valid"``, ``"test"``. Truncated/dropped examples are counted, logged on
@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader
 
 from textdiff.core.types import Batch
 from textdiff.data.sources import OVERFLOW_POLICIES, DataError, fit_length, load_hf_split
-from textdiff.data.sources import detect_format, parse_mr, read_jsonl, read_parallel, read_texts
-from textdiff.data.sources import source_text
-from textdiff.data.sources import target_references, target_text
+from textdiff.data.labels import LabelsMixin
+from textdiff.data.sources import detect_format, read_jsonl, read_texts, target_references, target_text
 from textdiff.data.tokenizers import HFTokenizer, Tokenizer, build_word_tokenizer, load_tokenizer
 
 logger = logging.getLogger("textdiff.data")
@@ -241,7 +240,7 @@ class _BaseDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
 
-class TextDataModule(_BaseDataModule):
+class TextDataModule(LabelsMixin, _BaseDataModule):
     """Unconditional text: one example per line/JSON row, or fixed blocks of a token stream.
 
     Args:
@@ -295,31 +294,7 @@ class TextDataModule(_BaseDataModule):
         if padding not in ("pad", "block"):
             raise ValueError(f"padding={padding!r}; expected 'pad' or 'block'")
         self.field, self.padding, self.add_bos_eos = field, padding, add_bos_eos
-        if label_field is None:
-            given = {"label_slot": label_slot, "classes": classes, "missing_label": missing_label}
-            if any(v is not None for v in given.values()):
-                used = ", ".join(k for k, v in given.items() if v is not None)
-                raise ValueError(f"{used} given but label_field is None (which field holds the "
-                                 "label?)")
-        elif padding != "pad":
-            raise ValueError(f"label_field={label_field!r} needs padding='pad': with padding="
-                             f"{padding!r} a block mixes several examples, so it has no label")
-        if missing_label is not None and label_slot is None:
-            raise ValueError("missing_label applies to examples whose MR lacks label_slot; "
-                             "set label_slot too")
-        if classes is not None:
-            classes = [str(c) for c in classes]
-            if not classes or len(set(classes)) != len(classes):
-                raise ValueError(f"classes must be a non-empty list of distinct names, got "
-                                 f"{classes}")
-            if missing_label is not None and missing_label not in classes:
-                raise ValueError(f"missing_label={missing_label!r} is not one of classes={classes}")
-        self.label_field, self.label_slot = label_field, label_slot
-        self.missing_label = missing_label
-        self._classes: list[str] | None = classes
-        self._classes_given = classes is not None
-        self._label_names: dict[str, list[str | None]] = {}
-        self._labels: dict[str, list[int]] = {}
+        self._init_labels(label_field, label_slot, classes, missing_label, padding)
 
     def _read_split(self, split: str) -> list:
         """Field values (N,); with ``label_field``, (text value, label value) pairs (N,)."""
@@ -348,74 +323,6 @@ class TextDataModule(_BaseDataModule):
     def references(self, split: str) -> list[list[str]]:
         """Per example, its reference texts (all elements of list values)."""
         return [target_references(v) for v in self._values(split)]
-
-    # ----- labels -----
-    def label_names(self, split: str) -> list[str | None]:
-        """Per raw example of ``split`` (N,), its class name; None where the MR lacks
-        ``label_slot`` and ``missing_label`` is None (such examples are dropped from batches)."""
-        if self.label_field is None:
-            raise DataError(f"{type(self).__name__} has no labels: set label_field "
-                            "(e.g. data.label_field=mr data.label_slot=eatType)")
-        if split not in self._label_names:
-            names: list[str | None] = []
-            for i, (_, value) in enumerate(self.raw(split)):
-                where = f"{self.where(split)}: example index {i}"
-                if not isinstance(value, str):
-                    raise DataError(f"{where}: label field {self.label_field!r} holds a list "
-                                    f"({str(value)[:80]!r}); a label must be one string")
-                if self.label_slot is None:
-                    names.append(value.strip())
-                    continue
-                names.append(parse_mr(value, where).get(self.label_slot, self.missing_label))
-            self._label_names[split] = names
-        return self._label_names[split]
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names in id order (C,): ``classes`` as given, else the sorted distinct labels of
-        the training split (read on first use). ``[]`` without ``label_field``."""
-        if self.label_field is None:
-            return []
-        if self._classes is None:
-            found = sorted({n for n in self.label_names("train") if n is not None})
-            if not found:
-                raise DataError(f"{self.where('train')}: no example has a {self.label_slot!r} slot "
-                                f"in field {self.label_field!r}, so there are no classes")
-            logger.info("%s: %d classes from the training split: %s", self.where("train"),
-                        len(found), found)
-            if len(found) < 2:
-                logger.warning("%s: a single class %s (max_train_examples=%s keeps the first "
-                               "examples; pass `classes` to fix the class list)",
-                               self.where("train"), found, self.max_train_examples)
-            self._classes = found
-        return list(self._classes)
-
-    @property
-    def num_classes(self) -> int:
-        """C, the number of classes; 0 without ``label_field``."""
-        return len(self.classes)
-
-    def labels(self, split: str) -> list[int]:
-        """Per raw example of ``split`` (N,), its class id in :attr:`classes`, so that
-        ``labels(split)[batch["index"]]`` lines up with ``batch["labels"]``; -1 for an example
-        without a label (MR lacking ``label_slot`` with ``missing_label=None``: dropped).
-
-        Raises:
-            DataError: a label is not one of :attr:`classes` (the split and example index named).
-        """
-        if split not in self._labels:
-            ids = {name: c for c, name in enumerate(self.classes)}
-            out = []
-            for i, name in enumerate(self.label_names(split)):
-                if name is not None and name not in ids:
-                    source = "data.classes" if self._classes_given else "the training split"
-                    raise DataError(
-                        f"{self.where(split)}: example index {i} has label {name!r}, which is not "
-                        f"one of the {len(ids)} classes {list(ids)} (from {source}); fix the data "
-                        "or pass `classes` listing every label")
-                out.append(-1 if name is None else ids[name])
-            self._labels[split] = out
-        return list(self._labels[split])
 
     def _training_texts(self) -> list[str]:
         return [r for refs in self.references("train") for r in refs]
@@ -452,88 +359,4 @@ class TextDataModule(_BaseDataModule):
             raise DataError(f"{where}: no example left: {n_missing} of {len(seqs)} lack the "
                             f"{self.label_slot!r} slot (missing_label=None drops them)")
         self._record(split, len(seqs), len(items), n_over, missing_label=n_missing)
-        return items
-
-
-class Seq2SeqDataModule(_BaseDataModule):
-    """Source/target pairs with one joint tokenizer (built on source + target training texts).
-
-    Args:
-        train_path, valid_path, test_path: with ``src_suffix``/``tgt_suffix``, the common stem
-            of parallel files (``.../multi30k/raw/train`` + ``de``/``en`` reads ``train.de`` and
-            ``train.en``); otherwise ``.jsonl`` files read with ``src_field``/``tgt_field``
-            (``mr``/``ref`` for e2e, ``source``/``target`` for scitldr).
-        src_field, tgt_field: JSON/HF fields (dotted names such as ``translation.de`` reach
-            nested ones). A list-valued source is joined with spaces; a list-valued target gives
-            its first element as the text and all elements as references.
-        src_suffix, tgt_suffix: file suffixes of parallel files.
-        max_src_len: S, the source length including BOS/EOS (same overflow policy).
-        Other arguments: as in :class:`TextDataModule`. Both sides get BOS/EOS.
-    """
-
-    def __init__(
-        self, train_path: str | None = None, valid_path: str | None = None,
-        test_path: str | None = None, src_field: str | None = None, tgt_field: str | None = None,
-        src_suffix: str | None = None, tgt_suffix: str | None = None,
-        hf_dataset: str | None = None, hf_config: str | None = None,
-        hf_splits: dict[str, str] | None = None, tokenizer: TokenizerSpec = None,
-        tokenizer_path: str | None = None, max_len: int = 64, max_src_len: int = 128,
-        batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 0,
-        overflow: str = "truncate", max_train_examples: int | None = None,
-        max_eval_examples: int | None = None, vocab_size: int | None = None,
-        pad_to_max: bool = True, seed: int | None = None,
-    ) -> None:
-        paths = {"train": train_path, "valid": valid_path, "test": test_path}
-        super().__init__(paths, tokenizer, tokenizer_path, max_len, batch_size, eval_batch_size,
-                         num_workers, overflow, max_train_examples, max_eval_examples, vocab_size,
-                         pad_to_max, seed, hf_dataset, hf_config, hf_splits)
-        if max_src_len < 2:
-            raise ValueError(f"max_src_len={max_src_len} must be >= 2 (it includes BOS and EOS)")
-        self.parallel = hf_dataset is None and (src_suffix is not None or tgt_suffix is not None)
-        if self.parallel and (src_suffix is None or tgt_suffix is None):
-            raise ValueError("parallel files need both src_suffix and tgt_suffix")
-        if not self.parallel and (src_field is None or tgt_field is None):
-            raise ValueError("Seq2SeqDataModule needs src_suffix/tgt_suffix (parallel files) "
-                             "or src_field/tgt_field (JSON lines / HF dataset)")
-        self.src_field, self.tgt_field, self.max_src_len = src_field, tgt_field, max_src_len
-        self.suffixes = (src_suffix.lstrip("."), tgt_suffix.lstrip(".")) if self.parallel else ()
-
-    def _read_split(self, split: str) -> list:
-        fields, path = [self.src_field, self.tgt_field], self.paths[split]
-        if self.hf_dataset is not None:
-            return load_hf_split(self.hf_dataset, self.hf_splits[split], fields, self.hf_config)
-        if self.parallel:
-            src, tgt = read_parallel(f"{path}.{self.suffixes[0]}", f"{path}.{self.suffixes[1]}")
-            return list(zip(src, tgt))
-        return read_jsonl(path, fields)
-
-    def sources(self, split: str) -> list[str]:
-        """The raw source texts of ``split`` (list values joined with spaces)."""
-        return [source_text(s) for s, _ in self.raw(split)]
-
-    def texts(self, split: str) -> list[str]:
-        """The raw target texts of ``split`` (first element of list values)."""
-        return [target_text(t) for _, t in self.raw(split)]
-
-    def references(self, split: str) -> list[list[str]]:
-        """Per example, all target references (every element of list values)."""
-        return [target_references(t) for _, t in self.raw(split)]
-
-    def _training_texts(self) -> list[str]:
-        return self.sources("train") + [r for refs in self.references("train") for r in refs]
-
-    def _encode(self, split: str) -> Items:
-        tok, where, policy = self.tokenizer, self.where(split), self.overflow
-        src = [self._frame(e, True) for e in tok.encode_batch(self.sources(split))]
-        tgt = [self._frame(e, True) for e in tok.encode_batch(self.texts(split))]
-        src, n_src = fit_length(src, self.max_src_len, policy, tok.eos_id, f"{where} source",
-                                "max_src_len")
-        tgt, n_tgt = fit_length(tgt, self.max_len, policy, tok.eos_id, f"{where} target")
-        items = [{"ids": t, "index": i, "src_ids": s}
-                 for i, (s, t) in enumerate(zip(src, tgt)) if s is not None and t is not None]
-        if len(items) < len(tgt):
-            logger.warning("%s: %d of %d pairs dropped in total", where, len(tgt) - len(items),
-                           len(tgt))
-        self._record(split, len(tgt), len(items), n_src + n_tgt, overflow_src=n_src,
-                     overflow_tgt=n_tgt)
         return items
