@@ -6,15 +6,15 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/ld4lg_e2e_class_cpu}
 BIN=${BIN:-.venv/bin}
-STEPS0=${STEPS0:-3000}; STEPS1=${STEPS1:-2000}; STEPS2=${STEPS2:-3000}
+STEPS0=${STEPS0:-3000}; STEPS1=${STEPS1:-1500}; STEPS2=${STEPS2:-3000}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 "$BIN/textdiff-train" experiment=classifier_e2e_cpu hydra.run.dir="$OUT/classifier"
 "$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu trainer.max_steps="$STEPS0" hydra.run.dir="$OUT/bart"
 "$BIN/textdiff-train" experiment=ld4lg_ae_e2e_cpu trainer.max_steps="$STEPS1" model.bart_path="$OUT/bart/bart" \
-  hydra.run.dir="$OUT/ae"
+  trainer.val_check_interval=500 hydra.run.dir="$OUT/ae"
 "$BIN/textdiff-train" experiment=ld4lg_e2e_class_cpu trainer.max_steps="$STEPS2" \
   model.autoencoder_path="$OUT/ae/checkpoints/last.ckpt" eval.classifier="$OUT/classifier" hydra.run.dir="$OUT/diffusion"
-for W in 0 1 2 3 5; do
+for W in 0 3; do   # w = 1 is the training run's own evaluation
   "$BIN/textdiff-sample" run_dir="$OUT/diffusion" generate.guidance_weight=$W suffix=_w$W
 done
