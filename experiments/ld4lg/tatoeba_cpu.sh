@@ -19,3 +19,4 @@ AE="$OUT/ae/checkpoints/last.ckpt"
 for K in 25 100 250; do
   "$BIN/textdiff-sample" run_dir="$OUT/diffusion" sampler.num_steps=$K suffix=_k$K
 done
+"$BIN/python" experiments/ld4lg/noise_levels.py "$OUT/diffusion"     # denoising BLEU by noise level
