@@ -254,9 +254,9 @@ class LD4LG(DiffusionModule):
         sampler = self.build_sampler(**sampler_overrides)
         w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
         if self.num_classes:
-            lab = torch.as_tensor(list(labels) if labels is not None and not isinstance(labels, Tensor) else
-                                  (labels if labels is not None else torch.arange(num_samples) % self.num_classes),
-                                  dtype=torch.long, device=self.device)
+            if labels is None:  # balanced: 0, 1, ..., C-1, 0, ...
+                labels = torch.arange(num_samples) % self.num_classes
+            lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
             if lab.shape != (num_samples,) or lab.min() < 0 or lab.max() >= self.num_classes:
                 raise ValueError(f"labels must be {num_samples} class ids in [0, {self.num_classes})")
             self.last_labels = lab.tolist()
