@@ -4,13 +4,17 @@ This package is the only place that imports Hydra/OmegaConf (DECISIONS.md item 9
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from textdiff.data.sources import DataError
 
 log = logging.getLogger("textdiff")
 
@@ -19,6 +23,11 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 class ConfigError(ValueError):
     """A configuration problem, with the config key (and group choice) that caused it."""
+
+
+class RunDataError(ConfigError, DataError):
+    """Bad input data met while building a run's DataModule (the message names the file and line): a
+    ``ConfigError`` for the command-line tools, a ``DataError`` for Python callers."""
 
 
 def register_resolvers() -> None:
@@ -55,32 +64,124 @@ def _choices() -> dict[str, str]:
         return {}
 
 
+def _chosen() -> str:
+    """The group choices that shape a run, for messages: " (model=difformer, data=multi30k, ...)"; "" outside
+    a Hydra run."""
+    chosen = ", ".join(f"{g}={c}" for g, c in _choices().items() if g.split("/")[0] in (
+        "model", "schedule", "sampler", "data", "trainer", "experiment"))
+    return f" ({chosen})" if chosen else ""
+
+
 def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate(cfg[key])`` with errors that name the key and the group choices."""
+    """``hydra.utils.instantiate(cfg[key])`` with errors that name the key and the group choices: a missing
+    ``_target_`` (at ``key`` or in a sub-config its class takes as an object), an unknown key, an argument
+    the class rejects, and (for a diffusion model) a sampler that does not fit its process."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import InterpolationKeyError
 
     node = OmegaConf.select(cfg, key)
     if node is None:
         raise ConfigError(f"config has no `{key}` (is the `{key.split('.')[0]}` group selected?)")
+    chosen = _chosen()
+    missing = _missing_target(node, key)
+    if missing:
+        raise ConfigError(missing + chosen)
     try:
-        return instantiate(node, **kwargs)
+        obj = instantiate(node, **kwargs)
     except InstantiationException as err:
-        chosen = ", ".join(f"{g}={c}" for g, c in _choices().items() if g.split("/")[0] in (
-            "model", "schedule", "sampler", "data", "trainer", "experiment")) or "defaults"
         cause = err.__cause__ or err
         found = re.search(r"full_key: (\S+)", str(err))
         full_key = found.group(1) if found else key
-        raise ConfigError(f"cannot build `{full_key}` ({chosen}): {type(cause).__name__}: {cause}") from err
-    except Exception as err:  # interpolation/missing-value errors from OmegaConf
-        raise ConfigError(f"cannot build `{key}`: {type(err).__name__}: {err}") from err
+        raise ConfigError(_unknown_key(cfg, full_key, cause, chosen)
+                          or f"cannot build `{full_key}`{chosen}: {type(cause).__name__}: {cause}") from err
+    except InterpolationKeyError as err:  # e.g. a conditional model's ${data.max_src_len} with unconditional data
+        raise ConfigError(f"cannot build `{key}`{chosen}: {err}; the chosen config groups do not fit together "
+                          "(one refers to a key that the others lack)") from err
+    except Exception as err:  # other interpolation/missing-value errors from OmegaConf
+        raise ConfigError(f"cannot build `{key}`{chosen}: {type(err).__name__}: {err}") from err
+    if hasattr(obj, "build_sampler"):  # a diffusion model: its sampler must fit its process now, not mid-run
+        try:
+            obj.build_sampler()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(_unknown_key(cfg, f"{key}.sampler", err, chosen) or (
+                f"the sampler `{key}.sampler` does not fit the {type(obj.process).__name__} of `{key}.process`"
+                f"{chosen}: {type(err).__name__}: {err}")) from err
+    return obj
+
+
+def _unknown_key(cfg: DictConfig, full_key: str, cause: BaseException, chosen: str) -> Optional[str]:
+    """The message for a class that rejected a keyword (an unknown key under ``full_key``), else None."""
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+    if not (isinstance(cause, TypeError) and unknown):
+        return None
+    target = OmegaConf.select(cfg, f"{full_key}._target_", default=None)
+    known = ", ".join(_params(target)) or "?"
+    return (f"unknown key `{full_key}.{unknown.group(1)}`{chosen}: {target} takes no argument "
+            f"{unknown.group(1)!r} (its arguments: {known})")
+
+
+def _params(target: Any) -> dict[str, Any]:
+    """``{argument name: type hint or None}`` of the class or function named by ``target``; {} if unknown."""
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(str(target))
+        params = inspect.signature(obj).parameters.values()
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except Exception:  # noqa: BLE001 - not importable / no signature: nothing to check
+        return {}
+    try:
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: names only
+        hints = {}
+    return {n: hints.get(n) for n in names}
+
+
+_MAPPING_HINT = re.compile(r"\b(dict|Dict|Mapping|MutableMapping|Any|DictConfig|object)\b")
+
+
+def _missing_target(node: Any, key: str) -> Optional[str]:
+    """Why the config ``node`` at ``key`` cannot be built for lack of a ``_target_`` (None when it can):
+    the node has none, or a sub-config has Hydra keys (``_partial_``...) or feeds an argument whose type
+    is not a mapping (e.g. ``model.denoiser``) but has no ``_target_``."""
+    if not OmegaConf.is_dict(node):
+        return None
+    if "_target_" not in node:
+        return f"`{key}` has no `_target_` (the class or function to build: `_target_: package.module.Name`)"
+    for name, hint in _params(node._target_).items():
+        try:
+            child = node[name] if name in node else None
+        except Exception:  # noqa: BLE001 - an interpolation error: instantiate() reports it
+            continue
+        if not OmegaConf.is_dict(child):
+            continue
+        sub = f"{key}.{name}"
+        if "_target_" in child:
+            found = _missing_target(child, sub)
+            if found:
+                return found
+        elif any(k in child for k in ("_partial_", "_args_", "_recursive_", "_convert_")) or (
+                hint is not None and not _MAPPING_HINT.search(repr(hint))):
+            return f"`{sub}` has no `_target_`: {node._target_} takes `{name}` as {_hint_name(hint)}, not a mapping"
+    return None
+
+
+def _hint_name(hint: Any) -> str:
+    """``TransformerDenoiser``, ``Optional[Callable[..., Sampler]]``: a type hint without module paths."""
+    if hint is None:
+        return "an object"
+    return hint.__name__ if isinstance(hint, type) else re.sub(r"[\w.]+\.(\w+)", r"\1", str(hint))
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
     """Build the DataModule and its tokenizer; fill ``data.vocab_size`` (checking a set value),
     ``data.num_classes`` (the number of label classes, 0 for unlabelled data; a set value is checked) and
     ``tokens.*`` (the special-token ids). ``data.num_classes`` is a filled-in value, not a DataModule
-    argument: it is held out of the DataModule's arguments (so a saved config.yaml rebuilds any DataModule)."""
+    argument: it is held out of the DataModule's arguments (so a saved config.yaml rebuilds any DataModule).
+
+    With ``run_dir`` (training) every local split is read first, so bad data fails before anything is written;
+    bad data raises ``RunDataError`` (both a ``ConfigError`` and a ``DataError``) naming the file and line."""
     kwargs = {}
     if run_dir is not None and not OmegaConf.select(cfg, "data.tokenizer_path"):
         kwargs["tokenizer_path"] = str(run_dir / "tokenizer")
@@ -96,7 +197,13 @@ def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
         if has_classes:
             with open_dict(cfg):
                 cfg.data.num_classes = set_classes
-    tokenizer = dm.build_tokenizer()
+    try:
+        if run_dir is not None:  # training: check the data before the run directory is written
+            _read_local_splits(dm)
+        tokenizer = dm.build_tokenizer()
+        num_classes = int(getattr(dm, "num_classes", 0) or 0)  # reads the training labels when there are any
+    except DataError as err:
+        raise RunDataError(f"cannot read the data of `data`{_chosen()}: {err}") from err
     if run_dir is not None and "tokenizer_path" not in kwargs and not (run_dir / "tokenizer").exists():
         from textdiff.data.datamodule import save_tokenizer
 
@@ -107,7 +214,6 @@ def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
             f"data.vocab_size={set_size} but the tokenizer has {tokenizer.vocab_size} tokens; "
             "remove data.vocab_size (it is filled in) or fix it"
         )
-    num_classes = int(getattr(dm, "num_classes", 0) or 0)  # reads the training labels when there are any
     if set_classes is not None and int(set_classes) != num_classes:
         found = f"{num_classes} classes {dm.classes}" if num_classes else "no labels (data.label_field is unset)"
         raise ConfigError(f"data.num_classes={set_classes} but the data has {found}; remove data.num_classes "
@@ -119,6 +225,16 @@ def build_datamodule(cfg: DictConfig, run_dir: Optional[Path]) -> Any:
         if "tokenizer_path" in kwargs:
             cfg.data.tokenizer_path = kwargs["tokenizer_path"]
     return dm
+
+
+def _read_local_splits(dm: Any) -> None:
+    """Read (and so check) every split of a textdiff DataModule that comes from local files, so that an empty,
+    misaligned or undecodable file fails at start rather than mid-run; Hugging Face datasets load when used."""
+    if not hasattr(dm, "raw") or getattr(dm, "hf_dataset", None):
+        return
+    for split in ("train", "valid", "test"):
+        if dm.has_split(split):
+            dm.raw(split)
 
 
 def configure_logging() -> None:
@@ -153,18 +269,53 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     return path
 
 
+def checkpoint_family(path: Path) -> Optional[str]:
+    """The model family (class name, e.g. ``"Difformer"``) that saved the textdiff checkpoint at ``path``;
+    None for a checkpoint without the tag. Raises ConfigError when ``path`` is not a readable checkpoint."""
+    import torch
+
+    from textdiff.families.base import CHECKPOINT_KEY
+
+    try:  # memory-mapped: reads the small tag, not the weights
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped, or not a checkpoint at all
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(f"{path} is not a readable checkpoint: {type(err).__name__}: {err}") from None
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    return meta.get("family") if isinstance(meta, dict) else None
+
+
+def check_checkpoint_family(path: Path, cfg: DictConfig, where: str = "the config") -> None:
+    """Raise ConfigError when the checkpoint at ``path`` was saved by another family than the one that
+    ``cfg``'s ``model._target_`` builds (``where`` names the config in the message, e.g. its file)."""
+    target = str(OmegaConf.select(cfg, "model._target_", default=""))
+    expected, family = target.rsplit(".", 1)[-1], checkpoint_family(path)
+    if target and family and family != expected:
+        raise ConfigError(f"checkpoint {path} holds a {family} model but {where} builds a {expected} "
+                          f"(model._target_={target}): give a {expected} checkpoint, or the run directory "
+                          f"of the {family} run")
+
+
 def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[Any, Any, DictConfig, Path]:
     """Rebuild a run's model and datamodule from ``<run_dir>/config.yaml`` and load its checkpoint.
 
-    Returns (model in eval mode, datamodule with its tokenizer, config, checkpoint path).
+    Returns (model in eval mode, datamodule with its tokenizer, config, checkpoint path). Raises ConfigError
+    (before anything is built) when the directory has no config.yaml or no such checkpoint, or when the
+    checkpoint belongs to another model family than the config's.
     """
     cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
+    if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml: is it a textdiff-train run directory?")
-    cfg = OmegaConf.load(cfg_path)
+    try:
+        cfg = OmegaConf.load(cfg_path)
+    except Exception as err:  # noqa: BLE001 - YAML / OmegaConf parse errors
+        raise ConfigError(f"cannot parse {cfg_path}: {type(err).__name__}: {err}") from None
+    path = find_checkpoint(run_dir, ckpt)
+    check_checkpoint_family(path, cfg, str(cfg_path))
     dm = build_datamodule(cfg, None)  # the resolved config points at <run_dir>/tokenizer
     model = build(cfg, "model")
-    path = find_checkpoint(run_dir, ckpt)
     model.load_weights(str(path))
     model.to(device).eval()
     return model, dm, cfg, path

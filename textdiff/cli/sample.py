@@ -17,6 +17,7 @@ from textdiff.cli.common import (
     CONF_DIR, ConfigError, attach_reranker, configure_logging, load_judges, load_run, register_resolvers,
     resolve_device,
 )
+from textdiff.data.sources import DataError
 
 log = logging.getLogger("textdiff")
 register_resolvers()
@@ -66,7 +67,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         sample(cfg)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:  # bad config, run directory, checkpoint or data: no traceback
         raise SystemExit(f"textdiff-sample: {err}") from None
 
 

@@ -54,14 +54,16 @@ def _raw_lines(path: str | os.PathLike) -> list[str]:
     chunks = data.split(b"\n")
     if chunks and chunks[-1] == b"":
         chunks.pop()
-    lines = []
+    lines, offset = [], 0  # offset: of the line's first byte in the file
     for lineno, chunk in enumerate(chunks, start=1):
         try:
             line = chunk.decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(
-                f"{p}:{lineno}: line {lineno} is not valid UTF-8 ({e.reason} at byte {e.start})"
+                f"{p}:{lineno}: line {lineno} is not valid UTF-8 ({e.reason}: byte 0x{chunk[e.start]:02x} "
+                f"at byte {e.start} of the line, byte offset {offset + e.start} in the file)"
             ) from None
+        offset += len(chunk) + 1
         if lineno == 1 and line.startswith("\ufeff"):
             line = line[1:]
         lines.append(line[:-1] if line.endswith("\r") else line)
@@ -88,7 +90,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
     Raises:
         DataFileNotFoundError: the file is missing.
-        DataError: the file has no non-blank line, or a line is not valid UTF-8 (line named).
+        DataError: the file has no non-blank line, or a line is not valid UTF-8 (line and byte offset named).
     """
     return [s for _, s in _non_blank(path, _raw_lines(path))]
 
@@ -157,14 +159,16 @@ def read_parallel(
     the alignment holds), counted and logged.
 
     Raises:
-        DataError: the files have different line counts (both files and counts named), or
-            either file is empty / not UTF-8.
+        DataError: the files have different line counts (both files and counts named, and the
+            first line of the longer file that has no partner), or either file is empty / not UTF-8.
     """
     src, tgt = _raw_lines(src_path), _raw_lines(tgt_path)
     if len(src) != len(tgt):
+        longer, shorter = (src_path, tgt_path) if len(src) > len(tgt) else (tgt_path, src_path)
         raise DataError(
             f"parallel files differ in length: {src_path} has {len(src)} lines but "
-            f"{tgt_path} has {len(tgt)} lines"
+            f"{tgt_path} has {len(tgt)} lines ({longer} line {min(len(src), len(tgt)) + 1} "
+            f"has no partner in {shorter})"
         )
     pairs = [(s, t) for s, t in zip(src, tgt) if s.strip() and t.strip()]
     if not pairs:
