@@ -7,9 +7,10 @@ import warnings
 
 import pytest
 import torch
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from textdiff.data.datamodule import TextDataModule
+from textdiff.data.samplers import ResumableSampler
 from textdiff.data.seq2seq import Seq2SeqDataModule
 from textdiff.data.sources import DataError
 from textdiff.data.tokenizers import (
@@ -55,7 +56,7 @@ def test_pad_mode_shapes_mask_bos_eos(corpus):
     # all train examples, each once, through the shuffled loader
     idx = torch.cat([b["index"] for b in _all_batches(dm.train_dataloader())])
     assert sorted(idx.tolist()) == [0, 1, 2, 3, 4]
-    assert isinstance(dm.train_dataloader().sampler, RandomSampler)
+    assert isinstance(dm.train_dataloader().sampler, ResumableSampler)
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
 
 

@@ -19,10 +19,12 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from textdiff.checkpoint import NonFiniteLossError
 from textdiff.cli.common import (
-    CONF_DIR, ConfigError, attach_reranker, build, build_datamodule, configure_logging, load_judges,
-    register_resolvers,
+    CONF_DIR, ConfigError, attach_reranker, build, build_datamodule, check_checkpoint_family, configure_logging,
+    load_judges, register_resolvers,
 )
+from textdiff.data.sources import DataError
 
 log = logging.getLogger("textdiff")
 register_resolvers()
@@ -46,7 +48,20 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> Optional[str]:
             f"resume=true but there is no checkpoint at {last}; pass the killed run's directory as "
             "hydra.run.dir=<dir>"
         )
+    check_checkpoint_family(last, cfg, where="this run's config")
     return str(last)
+
+
+def accumulation_steps(global_batch_size: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step so that one step sees ``global_batch_size`` examples:
+    ``global_batch_size / (batch_size * world_size)``, which must be a positive integer (ConfigError)."""
+    per_step = int(batch_size) * int(world_size)
+    if global_batch_size <= 0 or global_batch_size % per_step:
+        raise ConfigError(
+            f"global_batch_size={global_batch_size} is not a positive multiple of data.batch_size x processes = "
+            f"{batch_size} x {world_size} = {per_step}; change data.batch_size or global_batch_size"
+        )
+    return global_batch_size // per_step
 
 
 def _build_list(cfg: DictConfig, key: str) -> list[Any]:
@@ -71,12 +86,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     dm = build_datamodule(cfg, run_dir)
     model = build(cfg, "model")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    policy = cfg.get("on_nonfinite_loss", "stop")
+    if policy not in ("stop", "skip"):
+        raise ConfigError(f"on_nonfinite_loss={policy!r}; expected 'stop' or 'skip'")
+    model.on_nonfinite_loss = policy
     callbacks = _build_list(cfg, "callbacks")
     if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     loggers = _build_list(cfg, "logger")
     trainer = build(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    if cfg.get("global_batch_size"):
+        if int(OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1)) != 1:
+            raise ConfigError("set global_batch_size or trainer.accumulate_grad_batches, not both")
+        trainer.accumulate_grad_batches = accumulation_steps(int(cfg.global_batch_size), int(cfg.data.batch_size),
+                                                             trainer.world_size)
+        log.info("global batch %d = data.batch_size %d x %d processes x %d accumulated micro-batches",
+                 cfg.global_batch_size, cfg.data.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+    # written once every component is built, so a run that fails to start leaves no config.yaml behind
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("run dir: %s | %s | %.2fM trainable parameters | vocab %d", run_dir, type(model).__name__,
              n_params / 1e6, dm.vocab_size)
@@ -114,6 +141,11 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
         metrics = train(cfg)
     except ConfigError as err:  # SystemExit passes through Hydra's error reporting untouched
         raise SystemExit(f"textdiff-train: config error: {err}") from None
+    except DataError as err:  # met during fit (e.g. overflow=error on a long example)
+        raise SystemExit(f"textdiff-train: data error: {err}") from None
+    except NonFiniteLossError as err:
+        raise SystemExit(f"textdiff-train: {err} (the last periodic checkpoint is kept: resume=true "
+                         "continues from it)") from None
     value = metrics.get("bleu")
     return float(value) if isinstance(value, (int, float)) else None
 

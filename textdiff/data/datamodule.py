@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from textdiff.core.types import Batch
 from textdiff.data.sources import OVERFLOW_POLICIES, DataError, fit_length, load_hf_split
 from textdiff.data.labels import LabelsMixin
+from textdiff.data.samplers import ResumableSampler
 from textdiff.data.sources import detect_format, read_jsonl, read_texts, target_references, target_text
 from textdiff.data.tokenizers import HFTokenizer, Tokenizer, build_word_tokenizer, load_tokenizer
 
@@ -112,6 +113,7 @@ class _BaseDataModule(pl.LightningDataModule):
         self._raw: dict[str, list] = {}
         self._datasets: dict[str, Items] = {}
         self.stats: dict[str, dict[str, int]] = {}  # per split: examples, kept, overflow, ...
+        self._resume: dict[str, int] | None = None  # training-order state read from a checkpoint
 
     def has_split(self, split: str) -> bool:
         """Whether ``split`` has data (a path, or an ``hf_splits`` entry with ``hf_dataset``)."""
@@ -217,19 +219,56 @@ class _BaseDataModule(pl.LightningDataModule):
         return functools.partial(collate, pad_id=self.tokenizer.pad_id, max_len=self.max_len,
                                  max_src_len=getattr(self, "max_src_len", None))
 
+    def shuffle_seed(self) -> int:
+        """The training order's seed: ``seed``, else the run's (``PL_GLOBAL_SEED``, set by
+        ``seed_everything``, the same on every DDP rank), else 0."""
+        if self.seed is not None:
+            return int(self.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     def _loader(self, split: str, train: bool) -> DataLoader | list:
         if not self.has_split(split):
             return []
-        gen = torch.Generator().manual_seed(self.seed) if train and self.seed is not None else None
+        sampler = None
+        if train:
+            state = self._resume or {}
+            sampler = ResumableSampler(self.dataset(split), seed=state.get("seed", self.shuffle_seed()))
+            if state:
+                sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
+                logger.info("training data resumes at epoch %d after %d batches (seed %d)",
+                            state["epoch"], state["batches_done"], sampler.seed)
+                self._resume = None
         return DataLoader(
             self.dataset(split), batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train, drop_last=False, num_workers=self.num_workers,
-            collate_fn=self.collator(), generator=gen, persistent_workers=self.num_workers > 0,
+            sampler=sampler, drop_last=False, num_workers=self.num_workers,
+            collate_fn=self.collator(), persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (Lightning adds a DistributedSampler under DDP)."""
+        """Shuffled training batches in an order fixed by ``(shuffle_seed(), epoch)``, sharded over DDP
+        ranks (:class:`~textdiff.data.samplers.ResumableSampler`); a resumed run continues the
+        interrupted epoch where its checkpoint was written."""
         return self._loader("train", train=True)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training order stands, saved in every checkpoint by Lightning: ``seed``,
+        ``epoch`` and ``batches_done`` (training batches of that epoch already trained on)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        epoch = int(trainer.current_epoch)
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        if done >= trainer.num_training_batches:  # saved at the epoch's end: the next one starts afresh
+            epoch, done = epoch + 1, 0
+        return {"seed": self.shuffle_seed(), "epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Take the training order's state from a checkpoint; the next ``train_dataloader`` resumes it."""
+        if state_dict:
+            missing = {"seed", "epoch", "batches_done"} - set(state_dict)
+            if missing:
+                raise ValueError(f"datamodule state in the checkpoint lacks {sorted(missing)}")
+            self._resume = {k: int(state_dict[k]) for k in ("seed", "epoch", "batches_done")}
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in order; ``[]`` when there is no valid split."""
@@ -262,7 +301,8 @@ class TextDataModule(LabelsMixin, _BaseDataModule):
         max_train_examples, max_eval_examples: keep only the first N examples of a split.
         vocab_size: if given, must equal the tokenizer's (``data.vocab_size`` check).
         pad_to_max: pad to L (fixed shape) rather than to the longest in the batch.
-        seed: seeds the training shuffle order (else torch's global RNG decides).
+        seed: seeds the training shuffle order (default: the run's ``seed``); the order is a function
+            of (seed, epoch), so a resumed run continues it (``state_dict``).
         label_field: JSON/HF field holding each example's class (e.g. ``mr`` for e2e); None = no
             labels (batches have no ``labels``). Needs ``padding="pad"`` (a block mixes examples).
         label_slot: when set, ``label_field`` holds an E2E-style meaning representation

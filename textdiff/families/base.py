@@ -79,14 +79,49 @@ class TextModule(pl.LightningModule):
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Scalar loss terms for a batch; must contain "loss"."""
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    #: what a NaN/inf training loss does: "stop" raises NonFiniteLossError naming the step and the
+    #: batch; "skip" skips the batch (no optimizer step), counts it and logs train/nonfinite_skipped.
+    #: Set by textdiff-train from the top-level ``on_nonfinite_loss`` config key.
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    nonfinite_skipped: int = 0
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:
         terms = self.compute_loss(batch)
         n = batch["ids"].shape[0]
+        if self._loss_is_nonfinite(terms["loss"]):
+            return self._handle_nonfinite_loss(terms, batch, batch_idx)
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=n)
         for k, v in terms.items():
             if k != "loss":
                 self.log(f"train/{k}", v, batch_size=n)
         return terms["loss"]
+
+    def _loss_is_nonfinite(self, loss: Tensor) -> bool:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # every rank stops / skips together
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        return bad
+
+    def _handle_nonfinite_loss(self, terms: dict[str, Tensor], batch: Batch, batch_idx: int) -> None:
+        shown = {k: float(v.detach().float().mean()) for k, v in terms.items() if v.numel() > 0}
+        index = batch.get("index")
+        examples = index[:8].tolist() if isinstance(index, Tensor) else "?"
+        where = (f"at optimizer step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx} of the "
+                 f"epoch: {batch['ids'].shape[0]} sequences, dataset indices {examples}"
+                 f"{'...' if isinstance(index, Tensor) and index.numel() > 8 else ''})")
+        if self.on_nonfinite_loss == "skip":
+            self.nonfinite_skipped += 1
+            log.warning("non-finite training loss %s %s: batch skipped (%d so far)", shown, where,
+                        self.nonfinite_skipped)
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=batch["ids"].shape[0])
+            return None
+        from textdiff.checkpoint import NonFiniteLossError
+
+        raise NonFiniteLossError(
+            f"non-finite training loss {shown} {where}. Lower the learning rate, clip gradients "
+            "(trainer.gradient_clip_val) or set on_nonfinite_loss=skip to skip such batches"
+        )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         terms = self.compute_loss(batch)

@@ -1,0 +1,63 @@
+"""A training sampler whose order is a pure function of (seed, epoch, rank), so that a killed run
+resumed from a mid-epoch checkpoint sees exactly the batches the uninterrupted run would have seen.
+
+Lightning restores the step counters of a resumed run but, for a plain ``DataLoader``, restarts the
+epoch's data from its first batch: the resumed run then trains on the epoch's first batches twice and
+never on its last ones. :class:`ResumableSampler` fixes the order (``torch.randperm`` seeded with
+``seed + epoch``, as ``DistributedSampler``) and, after :meth:`ResumableSampler.resume`, drops the
+examples of the batches already trained on. The DataModule records ``(seed, epoch, batches done)`` in
+every checkpoint (``state_dict``) and hands them back on resume.
+
+Under DDP it is the ``DistributedSampler`` Lightning would have inserted (each rank a disjoint,
+equally long shard), so Lightning keeps it instead of wrapping it.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sized
+
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled indices of ``dataset`` for one rank, reproducible from ``(seed, epoch)`` and able to
+    start in the middle of an epoch.
+
+    Args:
+        dataset: any sized dataset (N examples).
+        seed: the shuffle seed (same on every rank).
+        shuffle: False keeps the dataset order (then only sharding and resuming apply).
+        num_replicas, rank: the DDP world; default: from ``torch.distributed`` when it is
+            initialised, else one process.
+
+    Each epoch yields ``ceil(N / num_replicas)`` indices (the last ones repeated to even the shards,
+    as ``DistributedSampler``), minus those skipped by :meth:`resume`.
+    """
+
+    def __init__(self, dataset: Sized, seed: int, shuffle: bool = True,
+                 num_replicas: Optional[int] = None, rank: Optional[int] = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=False)
+        self._resume_at: Optional[tuple[int, int]] = None  # (epoch, examples of this rank to skip)
+
+    def resume(self, epoch: int, examples_done: int) -> None:
+        """Start epoch ``epoch`` after its first ``examples_done`` indices (of this rank's shard); the
+        skip applies once, to that epoch only (a later epoch starts from its beginning)."""
+        if epoch < 0 or examples_done < 0:
+            raise ValueError(f"resume(epoch={epoch}, examples_done={examples_done}): both must be >= 0")
+        self._resume_at = (int(epoch), int(examples_done))
+        # Lightning creates a resumed run's first iterator before it calls ``set_epoch``: set it here.
+        self.set_epoch(int(epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._resume_at is not None and self._resume_at[0] == self.epoch:
+            indices = indices[self._resume_at[1]:]
+        if self._resume_at is not None and self._resume_at[0] <= self.epoch:
+            self._resume_at = None
+        return iter(indices)
