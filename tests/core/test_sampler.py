@@ -45,7 +45,7 @@ def test_self_conditioning_passes_previous_x0():
 def test_step_hooks_and_trajectory():
     fixed = torch.randn(1, 5, 3)
 
-    def infill(x_s, s, t, x0):  # re-impose the first two positions after each step
+    def infill(x_s, s, t, x0, x_t):  # re-impose the first two positions after each step
         x_s = x_s.clone()
         x_s[:, :2] = fixed[:, :2]
         return x_s

@@ -88,3 +88,40 @@ def test_nll_bound_estimator_is_unbiased_against_the_exact_sum():
     exact, est = torch.stack(exact), torch.stack(est)
     stderr = (exact.var() / len(exact) + est.var() / len(est)).sqrt()
     assert abs(exact.mean() - est.mean()) < 4 * stderr
+
+
+def test_infill_keeps_the_context_and_guidance_hooks_compose():
+    from textdiff.core import ClassifierGuidance, class_nll
+
+    torch.manual_seed(0)
+    model = tiny()
+    context = torch.randint(4, 40, (3, 12))
+    fill = torch.zeros(3, 12, dtype=torch.bool)
+    fill[:, 3:7] = True
+    a = model.infill(context, fill, seed=1)
+    assert a.shape == (3, 12) and torch.equal(a[~fill], context[~fill])
+    assert torch.equal(a, model.infill(context, fill, seed=1))  # seeded
+    # guidance on top of infilling: a hook that pushes the latents one way changes the filled tokens
+    sampler = model.build_sampler()
+    push = ClassifierGuidance.for_sampler(sampler, class_nll(lambda x, t: torch.stack([-x.mean((1, 2)), x.mean((1, 2))], -1),
+                                                             torch.ones(3, dtype=torch.long)), lr=1.0, fluency=0.0)
+    b = model.infill(context, fill, seed=1, step_hooks=[push])
+    assert torch.equal(b[~fill], context[~fill]) and push.grad_steps > 0
+    with pytest.raises(ValueError, match="fill"):
+        model.infill(context, fill.long())
+
+
+def test_encode_templates_marks_blanks_and_names_bad_templates():
+    from textdiff.data import build_word_tokenizer
+    from textdiff.data.sources import DataError
+    from textdiff.data.templates import encode_templates
+
+    tok = build_word_tokenizer(["the pub is near the river", "a cheap pub"])
+    context, fill = encode_templates(["the _ is near _ _ river"], tok, length=10)
+    assert fill[0].tolist() == [False, False, True, False, False, True, True, False, False, False]
+    assert context[0, 0] == tok.bos_id and context[0, 8] == tok.eos_id and context[0, 9] == tok.pad_id
+    assert tok.decode(context[0].tolist()) == "the is near river"
+    with pytest.raises(DataError, match="template 1 .* no blank"):
+        encode_templates(["_ pub", "a cheap pub"], tok, length=10)
+    with pytest.raises(DataError, match="needs 12 positions"):
+        encode_templates(["_ " * 10], tok, length=10)

@@ -3,6 +3,7 @@ checkpoint), sample, score, and write ``samples.jsonl`` and ``metrics.json`` (wi
 
     textdiff-sample run_dir=outputs/runs/2026-11-24/10-00-00
     textdiff-sample run_dir=<dir> ckpt=last sampler.num_steps=2000 clamp=false suffix=_k2000_noclamp
+    textdiff-sample run_dir=<dir> infill=templates.txt     # fill the "_" of each line (Diffusion-LM)
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     configure_logging()
     run_dir = Path(cfg.run_dir)
     model, dm, run_cfg, path = load_run(run_dir, cfg.ckpt, resolve_device(cfg.device))
+    if cfg.get("infill"):
+        return infill(cfg, model, dm, run_dir, path)
     attach_reranker(model, cfg.get("reranker"), dm.tokenizer)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
     extra = {"clamp": bool(cfg.clamp)} if cfg.get("clamp") is not None else {}
@@ -61,6 +64,43 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     print(format_metrics(metrics))
     print(f"wrote {samples_path} and {metrics_path}")
     return metrics
+
+
+def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+    """``infill=<file>``: fill the blanks of each template line (``infill_blank``, default ``_``) with
+    ``model.infill`` and write ``infill{suffix}.jsonl`` (template, text) into the run directory (or
+    ``out_dir``). Returns a summary (templates, seconds, the checkpoint)."""
+    import json
+    import time
+
+    from textdiff.data.sources import read_lines
+    from textdiff.data.templates import encode_templates
+
+    if not hasattr(model, "infill"):
+        raise ConfigError(f"infill= needs a model with infill(); {type(model).__name__} has none")
+    templates = read_lines(str(cfg.infill))
+    tok = dm.tokenizer
+    length = int(getattr(getattr(model, "denoiser", None), "max_len", 0) or dm.max_len)
+    context, fill = encode_templates(templates, tok, length, blank=str(cfg.infill_blank),
+                                     add_bos_eos=bool(getattr(dm, "add_bos_eos", True)))
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
+    if cfg.get("clamp") is not None:
+        overrides["clamp"] = bool(cfg.clamp)
+    start = time.perf_counter()
+    ids = model.infill(context, fill, noise_context=bool(cfg.infill_noise_context), seed=int(cfg.seed), **overrides)
+    seconds = time.perf_counter() - start
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"infill{cfg.suffix or ''}.jsonl"
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for template, row in zip(templates, ids.tolist()):
+            f.write(json.dumps({"template": template, "text": tok.decode(row)}) + "\n")
+    tmp.replace(path)
+    for template, row in list(zip(templates, ids.tolist()))[:5]:
+        print(f"{template}\n  -> {tok.decode(row)}")
+    print(f"wrote {path}")
+    return {"templates": len(templates), "seconds": round(seconds, 3), "checkpoint": str(checkpoint)}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")

@@ -176,34 +176,42 @@ class GaussianProcess(nn.Module):
         mean = a_ts * sig_s**2 / sig_t2 * xt + a_s * sig_ts2 / sig_t2 * x0
         return mean, sig_ts2 * sig_s**2 / sig_t2
 
-    def reverse_step(self, xt: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor, *, eta: float = 0.0,
-                     variance: Literal["small", "large"] = "small", noise: Optional[Tensor] = None,
-                     generator: Optional[torch.Generator] = None) -> Tensor:
-        """One step x_t -> x_s given the x0 estimate (B, L, D).
+    def reverse_mean_std(self, xt: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor, *, eta: float = 0.0,
+                         variance: Literal["small", "large"] = "small") -> tuple[Tensor, Tensor]:
+        """The reverse step's Gaussian p(x_s | x_t) = N(mean, std^2 I) given the x0 estimate (B, L, D):
+        mean (B, L, D) and std broadcastable to it ((B, 1, 1)).
 
-        variance="small" is DDIM (Song et al. 2021, eq. 12) with c = eta * sqrt(posterior var):
-        x_s = a_s x0 + sqrt(sig_s^2 - c^2) eps_hat + c z. eta = 0 is deterministic DDIM; eta = 1 is
-        DDPM ancestral sampling with the posterior variance (improved-diffusion's "fixed small").
+        variance="small" is DDIM (Song et al. 2021, eq. 12) with std c = eta * sqrt(posterior var):
+        mean = a_s x0 + sqrt(sig_s^2 - c^2) eps_hat. eta = 0 is deterministic DDIM; eta = 1 is DDPM
+        ancestral sampling with the posterior variance (improved-diffusion's "fixed small").
         variance="large" is DDPM with var = sig_ts^2 (= F^2 beta_t, "fixed large"; LD4LG's default),
-        defined for eta = 1 only.
+        defined for eta = 1 only; its last step (s = 0) has std 0.
         """
         if variance not in ("small", "large"):
             raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
-        if noise is None and (eta > 0):
-            noise = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
         if variance == "large":
             if eta != 1.0:
                 raise ValueError("variance='large' is DDPM ancestral sampling and needs eta=1")
             mean, _ = self.posterior(x0_hat, xt, t, s)
             _, _, _, _, _, sig_ts2 = self._step_coefs(t, s, xt)
             last = _expand((s <= 0).to(xt.dtype), xt)  # the last step returns the mean
-            return mean + (1 - last) * sig_ts2.sqrt() * noise
+            return mean, (1 - last) * sig_ts2.sqrt()
         a_t, sig_t, a_s, sig_s, _, _ = self._step_coefs(t, s, xt)
         _, var = self.posterior(x0_hat, xt, t, s)
         c = eta * var.sqrt()
-        eps_hat = (xt - a_t * x0_hat) / sig_t.clamp_min(1e-12)
-        out = a_s * x0_hat + (sig_s**2 - c**2).clamp_min(0).sqrt() * eps_hat
-        return out + c * noise if eta > 0 else out
+        eps_hat = (xt - a_t * x0_hat) / sig_t.clamp_min(1e-12)  # DDIM eq. 12's predicted noise
+        return a_s * x0_hat + (sig_s**2 - c**2).clamp_min(0).sqrt() * eps_hat, c
+
+    def reverse_step(self, xt: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor, *, eta: float = 0.0,
+                     variance: Literal["small", "large"] = "small", noise: Optional[Tensor] = None,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+        """One step x_t -> x_s = mean + std z (``reverse_mean_std``; z ~ N(0, I) or ``noise``). (B, L, D)."""
+        mean, std = self.reverse_mean_std(xt, x0_hat, t, s, eta=eta, variance=variance)
+        if eta <= 0:
+            return mean
+        if noise is None:
+            noise = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
+        return mean + std * noise
 
     # ----- likelihood terms (nats) -----
     def kl_prior(self, x0: Tensor, mask: Optional[Tensor] = None) -> Tensor:

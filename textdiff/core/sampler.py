@@ -18,9 +18,10 @@ from textdiff.core.types import DenoiseFn, X0Hook
 
 
 class StepHook(Protocol):
-    """``(x_s, s, t, x0_hat) -> x_s``: runs after each reverse step (infilling, guidance). s, t: (B,)."""
+    """``(x_s, s, t, x0_hat, x_t) -> x_s``: runs after each reverse step x_t -> x_s (infilling, classifier
+    guidance; ``textdiff.core.control``). s, t: (B,); x_t, x_s: the states before and after the step."""
 
-    def __call__(self, x_s: Tensor, s: Tensor, t: Tensor, x0_hat: Tensor) -> Tensor: ...
+    def __call__(self, x_s: Tensor, s: Tensor, t: Tensor, x0_hat: Tensor, x_t: Tensor) -> Tensor: ...
 
 
 Process = Union[GaussianProcess, AbsorbingProcess]
@@ -62,7 +63,7 @@ class Sampler:
         eta: 0 = deterministic DDIM, 1 = ancestral DDPM (absorbing: 1 = ancestral, 0 = most-confident-first).
         variance: Gaussian only: "small" (posterior) or "large" (beta_t; needs eta=1).
         hooks: x0 hooks ``(x0, t) -> x0`` applied at every step, before the reverse step.
-        step_hooks: ``(x_s, s, t, x0) -> x_s`` applied after every reverse step.
+        step_hooks: ``(x_s, s, t, x0, x_t) -> x_s`` applied after every reverse step.
         self_condition: pass the previous step's x0 estimate to ``denoise`` (None at the first step).
         early_stop: stop after K - early_stop steps (Difformer's ``--decoding-early-stopping``); the
             caller reads ``SampleOutput.x0``.
@@ -176,9 +177,9 @@ class Sampler:
                 x0 = proc.to_x0(out, x, t)
                 for hook in x0_hooks:
                     x0 = hook(x0, t)
-            x = proc.reverse_step(x, x0, t, s, eta=self.eta, generator=generator, **step_kw)
+            x_t, x = x, proc.reverse_step(x, x0, t, s, eta=self.eta, generator=generator, **step_kw)
             for hook in s_hooks:
-                x = hook(x, s, t, x0)
+                x = hook(x, s, t, x0, x_t)
             if keep_trajectory:
                 traj.append(x.detach().cpu())
                 x0_traj.append(x0.detach().cpu())

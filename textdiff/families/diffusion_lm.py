@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textdiff.core.gaussian import GaussianProcess, gaussian_nll, masked_mean, masked_sum
+from textdiff.core.control import Infill
 from textdiff.core.hooks import ClampToEmbeddings
 from textdiff.core.types import Batch
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
@@ -178,6 +179,28 @@ class DiffusionLM(DiffusionModule):
         self.train(was_training)
         ids = torch.cat(chunks)
         return (ids, out) if return_output else ids
+
+    @torch.no_grad()
+    def infill(self, context_ids: Tensor, fill: Tensor, *, noise_context: bool = False, seed: Optional[int] = None,
+               **generate_kwargs: Any) -> Tensor:
+        """Generate the positions ``fill`` (N, L) bool around the fixed tokens of ``context_ids`` (N, L) long:
+        the context's embeddings EMB(w) are re-imposed after every step (``textdiff.core.Infill``; noised
+        to the step's level with ``noise_context``) and on the prior draw. ``generate_kwargs`` as in
+        ``generate`` (e.g. ``num_steps``, ``clamp``, ``step_hooks`` for guidance). Returns (N, L) long ids,
+        equal to ``context_ids`` wherever ``fill`` is False."""
+        if context_ids.shape != fill.shape or fill.dtype != torch.bool:
+            raise ValueError(f"context_ids {tuple(context_ids.shape)} and fill {tuple(fill.shape)} must be (N, L), "
+                             "fill bool")
+        context_ids, fill = context_ids.to(self.device), fill.to(self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed if seed is not None else 0)
+        process = self.process.for_sampling()
+        hook = Infill(self.embedding(context_ids), ~fill, process, noise_context=noise_context, generator=gen)
+        x_init = hook.impose(process.prior((*context_ids.shape, self.embed_dim), generator=gen, device=self.device),
+                             torch.ones(len(context_ids), device=self.device))
+        extra = list(generate_kwargs.pop("step_hooks", ()))
+        ids = self.generate(len(context_ids), context_ids.shape[1], seed=seed, x_init=x_init,
+                            batch_size=len(context_ids), step_hooks=[hook, *extra], **generate_kwargs)
+        return torch.where(fill, ids, context_ids)
 
     # ----- likelihood -----
     @torch.no_grad()
