@@ -26,3 +26,31 @@ def test_sample_infill_fills_blanks_around_the_fixed_words(shared_data, tmp_path
     bad.write_text("no blank here\n")
     out = _run("sample", [f"run_dir={run_dir}", f"infill={bad}", "ckpt=last"])
     assert out.returncode != 0 and "no blank" in out.stderr + out.stdout
+
+
+def test_guided_sampling_with_a_noisy_classifier_run(shared_data, tmp_path):
+    """Diffusion-LM run -> NoisyClassifier on its latents (experiment=diffusion_lm_e2e_control_cpu) -> a clean-text
+    judge -> textdiff-sample control.*: the chain runs and reports the control success rate and settings."""
+    dlm, noisy, judge = tmp_path / "dlm", tmp_path / "noisy", tmp_path / "judge"
+    out = _run("train", [*TINY, "trainer.max_steps=6", "evaluate=false", f"hydra.run.dir={dlm}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    small = ["data.max_train_examples=3000", "data.max_eval_examples=1000", "trainer.max_steps=6",
+             "trainer.val_check_interval=6", "model.network.dim=32", "model.network.depth=1", "model.network.heads=2",
+             "trainer.enable_progress_bar=false", "eval.num_samples=32"]
+    out = _run("train", ["experiment=diffusion_lm_e2e_control_cpu", f"model.diffusion_path={dlm}/checkpoints/last.ckpt",
+                         "data.max_len=24", "diffusion_steps=100", *small, f"hydra.run.dir={noisy}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((noisy / "metrics.json").read_text())["num_examples"] > 0
+    out = _run("train", ["experiment=classifier_e2e_cpu", "data.label_slot=food", *small, f"hydra.run.dir={judge}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    common = [f"run_dir={dlm}", "ckpt=last", f"control.classifier={noisy}", "num_samples=8", "sampler.num_steps=10",
+              "nll_batches=0"]
+    out = _run("sample", [*common, "control.label=Italian", f"classifier={judge}", "suffix=_ctl"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((dlm / "metrics_ctl.json").read_text())
+    assert 0.0 <= m["class_accuracy"] <= 1.0 and m["control_label"] == "Italian"
+    assert m["control_grad_steps"] == 3 * 9  # 3 per step that starts at t >= t_min (9 of the 10 here)
+    rows = [json.loads(line) for line in (dlm / "samples_ctl.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(r["class"] == "Italian" and "classified_as" in r for r in rows)
+    out = _run("sample", [*common, "control.label=Klingon"])
+    assert out.returncode != 0 and "Italian" in out.stderr + out.stdout  # the message lists the classes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +34,7 @@ def _or_run(cfg: DictConfig, run_cfg: DictConfig, key: str, default: int) -> int
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Run the sampling job described by a ``sample.yaml`` config; returns the metrics."""
-    from textdiff.evaluation import evaluate, format_metrics, write_outputs
+    from textdiff.evaluation import evaluate, format_metrics, score_with_judges, write_outputs
 
     configure_logging()
     run_dir = Path(cfg.run_dir)
@@ -47,15 +47,24 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     for node in (OmegaConf.select(run_cfg, "eval.generate"), cfg.get("generate")):  # the run's, then ours
         if node is not None:
             extra.update({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None})
+    control = _control_hook(cfg, model, overrides)
+    judges = load_judges(cfg.get("lm") or OmegaConf.select(run_cfg, "eval.lm"),
+                         cfg.get("classifier") or OmegaConf.select(run_cfg, "eval.classifier"), str(model.device),
+                         cfg.get("mauve") or OmegaConf.select(run_cfg, "eval.mauve"))
     records, metrics = evaluate(
         model, dm, split=cfg.split, num_samples=cfg.num_samples, batch_size=int(cfg.batch_size),
         seed=int(cfg.seed), nll_batches=_or_run(cfg, run_cfg, "nll_batches", 4),
         nll_num_t=_or_run(cfg, run_cfg, "nll_num_t", 8), sampler=overrides,
-        generate_kwargs=extra,
-        judges=load_judges(cfg.get("lm") or OmegaConf.select(run_cfg, "eval.lm"),
-                           cfg.get("classifier") or OmegaConf.select(run_cfg, "eval.classifier"), str(model.device),
-                           cfg.get("mauve") or OmegaConf.select(run_cfg, "eval.mauve")),
+        generate_kwargs={**extra, **({"step_hooks": [control[0]]} if control else {})},
+        judges=judges if not control else {k: v for k, v in judges.items() if k != "classifier"},
     )
+    if control:  # every sample was steered towards one class: the clean-text classifier checks it
+        hook, label = control
+        for r in records:
+            r["class"] = label
+        metrics.update(score_with_judges(records, {"classifier": judges.get("classifier")}, hook.classes))
+        metrics.update({"control_label": label, "control_grad_steps": hook.grad_steps,
+                        **{f"control_{k}": getattr(hook, k) for k in ("steps", "lr", "fluency", "t_min")}})
     metrics["checkpoint"] = str(path)
     metrics.update({f"gen_{k}": v for k, v in extra.items()})
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else run_dir
@@ -64,6 +73,34 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     print(format_metrics(metrics))
     print(f"wrote {samples_path} and {metrics_path}")
     return metrics
+
+
+def _control_hook(cfg: DictConfig, model: Any, sampler_overrides: dict[str, Any]) -> Optional[tuple[Any, str]]:
+    """``control.classifier=<NoisyClassifier run>`` and ``control.label=<class>``: the ClassifierGuidance hook
+    for ``model`` (its sampler with ``sampler_overrides``) and the label; None without ``control.classifier``.
+    The hook carries ``classes`` (the classifier's class names) for scoring."""
+    import torch
+
+    from textdiff.core.control import ClassifierGuidance
+
+    ctl = cfg.get("control") or {}
+    if not ctl.get("classifier"):
+        return None
+    clf, _, _, _ = load_run(Path(ctl.classifier), "last", str(model.device))
+    if not hasattr(clf, "nll") or not hasattr(clf, "diffusion"):
+        raise ConfigError(f"control.classifier={ctl.classifier} is not a NoisyClassifier run "
+                          "(experiment=diffusion_lm_e2e_control_cpu)")
+    if not hasattr(model, "embedding") or not torch.equal(clf.diffusion.embedding.weight.cpu(),
+                                                          model.embedding.weight.cpu()):
+        raise ConfigError(f"control.classifier={ctl.classifier} was trained on another diffusion model's latents "
+                          "(its model.diffusion_path must be this run's checkpoint)")
+    if ctl.get("label") not in (clf.classes or []):
+        raise ConfigError(f"control.label={ctl.get('label')!r}: the classifier's classes are {clf.classes}")
+    sampler = model.build_sampler(**{k: v for k, v in sampler_overrides.items() if k != "clamp"})
+    hook = ClassifierGuidance.for_sampler(sampler, clf.nll(clf.classes.index(ctl.label)), steps=int(ctl.steps),
+                                          lr=float(ctl.lr), fluency=float(ctl.fluency), t_min=float(ctl.t_min))
+    hook.classes = list(clf.classes)
+    return hook, str(ctl.label)
 
 
 def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from textdiff.families.difformer import Difformer
 from textdiff.families.diffusion_lm import DiffusionLM
 
 __all__ = ["EMA", "Autoregressive", "BartDenoiser", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule", "LD4LG",
-           "LatentAutoencoder", "TextClassifier", "TextModule"]
+           "LatentAutoencoder", "NoisyClassifier", "TextClassifier", "TextModule"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,6 +17,10 @@ def __getattr__(name: str) -> Any:
         from textdiff.families.diffusion_bert import DiffusionBERT
 
         return DiffusionBERT
+    if name == "NoisyClassifier":
+        from textdiff.families.control import NoisyClassifier
+
+        return NoisyClassifier
     if name in ("BartDenoiser", "LatentAutoencoder", "LD4LG"):
         from textdiff.families import ld4lg
 

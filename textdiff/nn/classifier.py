@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from textdiff.nn.layers import masked_mean_pool
+from textdiff.nn.layers import TimeEmbedding, masked_mean_pool
 
 
 class TransformerClassifier(nn.Module):
@@ -74,3 +74,46 @@ class TransformerClassifier(nn.Module):
         h = self.drop(self.embed(ids) + self.pos(positions)[None])  # (B, L, D)
         h = self.encoder(h, src_key_padding_mask=~mask)  # (B, L, D)
         return self.head(self.norm(masked_mean_pool(h, mask)))  # (B, C)
+
+
+class LatentClassifier(nn.Module):
+    """A classifier of noisy diffusion latents x_t at time t (Diffusion-LM's attribute classifier for
+    plug-and-play control): Linear(d -> dim) + learned positions + a time embedding added to every
+    position, a pre-LN Transformer encoder, the mean over all positions (PAD is a token of the sequence,
+    as in Diffusion-LM's fixed-length samples), LayerNorm, linear head.
+
+    Args:
+        in_dim: latent width d (the diffusion model's embedding dim).
+        num_classes: C. vocab_size: the diffusion model's V (recorded, for the family's checks).
+        dim, depth, heads, ffn_mult, dropout: the encoder. max_len: positions L_max.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, vocab_size: int, dim: int = 128, depth: int = 2,
+                 heads: int = 4, ffn_mult: int = 4, max_len: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        if int(num_classes) < 1 or int(dim) % int(heads):
+            raise ValueError(f"need num_classes >= 1 and heads | dim; got {num_classes}, heads={heads}, dim={dim}")
+        self.in_dim, self.num_classes, self.vocab_size = int(in_dim), int(num_classes), int(vocab_size)
+        self.dim, self.max_len = int(dim), int(max_len)
+        self.proj = nn.Linear(self.in_dim, self.dim)
+        self.pos = nn.Embedding(self.max_len, self.dim)
+        self.time = TimeEmbedding(self.dim)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(self.dim, int(heads), int(ffn_mult) * self.dim, dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, int(depth), enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(self.dim)
+        self.head = nn.Linear(self.dim, self.num_classes)
+
+    def forward(self, x: Tensor, time: Tensor) -> Tensor:
+        """Class logits (B, C) of latents ``x`` (B, L, d) at network time ``time`` (B,) (the diffusion
+        model's ``time_input(t)``)."""
+        if x.dim() != 3 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"x must be (B, L, {self.in_dim}), got {tuple(x.shape)}")
+        L = x.shape[1]
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds the classifier's max_len={self.max_len}")
+        positions = torch.arange(L, device=x.device)
+        h = self.proj(x) + self.pos(positions)[None] + self.time(time)[:, None]  # (B, L, dim)
+        h = self.encoder(self.drop(h))
+        return self.head(self.norm(h.mean(1)))  # (B, C)

@@ -1,0 +1,121 @@
+"""Attribute classifiers on noisy latents, for Diffusion-LM's plug-and-play control (Li et al. 2022 §5.2).
+
+A ``NoisyClassifier`` learns p(c | x_t, t) on the latents of a *trained, frozen* Gaussian diffusion model
+(Diffusion-LM): each labelled batch is embedded with the diffusion model's own embedding (x0 as in its
+training), noised with its process at a random t, and classified. Sampling then steers the diffusion
+model with ``textdiff.core.ClassifierGuidance`` and this classifier's ``nll`` (``textdiff-sample
+control.classifier=<this run>``). The official code trains a GPT-2-style model that scores label tokens
+after x_t; this is a classification head on the same inputs (a simplification).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from textdiff.core.control import NllFn
+from textdiff.core.types import Batch
+from textdiff.families.base import OptimizerFactory, SchedulerFactory
+from textdiff.families.classifier import TextClassifier
+from textdiff.nn.classifier import LatentClassifier
+
+
+def load_diffusion(checkpoint: str, device: str = "cpu") -> nn.Module:
+    """A trained diffusion model from its ``textdiff-train`` checkpoint (``<run>/checkpoints/*.ckpt``; the run
+    directory's ``config.yaml`` rebuilds it), in eval mode."""
+    from pathlib import Path
+
+    from textdiff.cli.common import load_run, run_dir_of
+
+    model, _, _, _ = load_run(Path(run_dir_of(str(checkpoint))), str(checkpoint), device)
+    return model
+
+
+class NoisyClassifier(TextClassifier):
+    """p(class | x_t, t) on the latents of a frozen Gaussian diffusion model with an ``embedding`` and
+    ``embed_x0`` (Diffusion-LM).
+
+    Args:
+        network: a ``LatentClassifier`` (``(x (B, L, d), time (B,)) -> logits (B, C)``).
+        diffusion: the trained diffusion model (frozen here: no gradient, kept in eval mode), or None with
+            ``diffusion_path``.
+        diffusion_path: its checkpoint (loaded with ``load_diffusion``) when ``diffusion`` is None.
+        optimizer, lr_scheduler, ema_decay, label_smoothing, classes: as ``TextClassifier``.
+    """
+
+    def __init__(self, network: LatentClassifier, diffusion: Optional[nn.Module] = None,
+                 diffusion_path: Optional[str] = None, optimizer: Optional[OptimizerFactory] = None,
+                 lr_scheduler: Optional[SchedulerFactory] = None, ema_decay: Optional[float] = None,
+                 label_smoothing: float = 0.0, classes: Optional[Sequence[str]] = None) -> None:
+        super().__init__(network, optimizer, lr_scheduler, ema_decay, label_smoothing, classes)
+        if diffusion is None:
+            if not diffusion_path:
+                raise ValueError("NoisyClassifier needs the diffusion model: give diffusion or diffusion_path "
+                                 "(its checkpoint, e.g. <Diffusion-LM run>/checkpoints/last.ckpt)")
+            diffusion = load_diffusion(diffusion_path)
+        for attr in ("embedding", "embed_x0", "process", "time_input"):
+            if not hasattr(diffusion, attr):
+                raise TypeError(f"{type(diffusion).__name__} has no `{attr}`: a NoisyClassifier needs an embedding "
+                                "diffusion model such as DiffusionLM")
+        if diffusion.embedding.embedding_dim != network.in_dim or diffusion.embedding.num_embeddings != network.vocab_size:
+            raise ValueError(f"the classifier reads ({network.vocab_size} tokens, d={network.in_dim}) but the diffusion "
+                             f"model has ({diffusion.embedding.num_embeddings}, d={diffusion.embedding.embedding_dim}); "
+                             "use its tokenizer (data.tokenizer_path=<diffusion run>/tokenizer) and embed_dim")
+        self.diffusion = diffusion.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "NoisyClassifier":
+        """Switch the classifier's mode; the frozen diffusion model stays in eval mode."""
+        super().train(mode)
+        self.diffusion.eval()
+        return self
+
+    def logits(self, x: Tensor, t: Tensor) -> Tensor:
+        """Class logits (B, C) of latents ``x`` (B, L, d) at times ``t`` (B,) in [0, 1]."""
+        return self.network(x, self.diffusion.time_input(t)).float()
+
+    def nll(self, label: int | Tensor) -> NllFn:
+        """The guidance objective for class ``label`` (an id, or (B,) ids): ``(x, t) -> (B,)`` cross-entropy,
+        for ``textdiff.core.ClassifierGuidance``."""
+        label = torch.as_tensor(label, dtype=torch.long)
+
+        def nll(x: Tensor, t: Tensor) -> Tensor:
+            target = label.to(x.device).expand(x.shape[0]) if label.dim() == 0 else label.to(x.device)
+            return F.cross_entropy(self.logits(x, t), target, reduction="none")
+
+        return nll
+
+    def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
+        """Cross-entropy of labelled ids (B, L) embedded by the diffusion model (x0 as it trains), noised to a
+        random t with its process: scalars "loss" and "acc"."""
+        if "labels" not in batch:
+            raise ValueError("the batch has no `labels`: set data.label_field (e.g. data=e2e_class data.label_slot=food)")
+        ids, labels = batch["ids"], batch["labels"]
+        with torch.no_grad():
+            _, x0 = self.diffusion.embed_x0(ids)
+            t = self.diffusion.sample_t(ids.shape[0])
+            xt = self.diffusion.process.q_sample(x0, t)
+        logits = self.logits(xt, t)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
+
+    @torch.no_grad()
+    def predict(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Log-probs (B, C) of clean texts: their embeddings at the diffusion model's first step (mask unused:
+        padding is part of the latent sequence)."""
+        was_training = self.training
+        self.eval()
+        try:
+            ids = ids.to(self.device)
+            emb = self.diffusion.embedding(ids)
+            t = self.diffusion.first_step_time(ids.shape[0]).to(self.device)
+            return self.logits(emb, t).log_softmax(-1)
+        finally:
+            self.train(was_training)
+
+    def encode_texts(self, texts: Sequence[str], tokenizer: Any, max_len: Optional[int] = None) -> list[list[int]]:
+        """As ``TextClassifier.encode_texts``, then padded with PAD to the network's ``max_len`` (the fixed
+        length of the diffusion model's sequences)."""
+        L = int(max_len or self.max_len)
+        return [seq + [tokenizer.pad_id] * (L - len(seq)) for seq in super().encode_texts(texts, tokenizer, L)]
