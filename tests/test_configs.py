@@ -50,9 +50,30 @@ def ld4lg_assets(tmp_path_factory, shared_data):
     return save_ld4lg_assets(tmp_path_factory.mktemp("ld4lg"), texts)
 
 
+@pytest.fixture(scope="module")
+def dlm_run(tmp_path_factory, shared_data):
+    """An untrained Diffusion-LM run directory of the E2E CPU preset (config.yaml, tokenizer/, last.ckpt): the
+    stand-in for the control preset's ``model.diffusion_path``."""
+    import pytorch_lightning as pl
+
+    run_dir = tmp_path_factory.mktemp("dlm")
+    cfg = _compose(["experiment=diffusion_lm_e2e_cpu", "data.max_train_examples=300", "data.max_eval_examples=50",
+                    "model.denoiser.dim=32", "model.denoiser.depth=1", "model.denoiser.heads=2"], run_dir)
+    build_datamodule(cfg, run_dir)
+    model = build(cfg, "model")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets):
-    cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50"], tmp_path)
+def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets, dlm_run):
+    overrides = [f"model.diffusion_path={dlm_run}"] if experiment.endswith("_control_cpu") else []
+    cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50",
+                    *overrides], tmp_path)
     bart_dir, ae_ckpt = ld4lg_assets
     with open_dict(cfg):  # LD4LG: stand-ins for the stage-0 export / hub BART and the stage-1 checkpoint
         for key, value in (("bart_path", bart_dir), ("autoencoder_path", ae_ckpt)):
