@@ -1,21 +1,43 @@
-"""``make bench``: speed and memory of textdiff against plain PyTorch, written to benchmarks/results/.
+"""``make bench``: speed and memory of every family at its CPU preset, and of textdiff against plain
+PyTorch, written to benchmarks/results/ as JSON.
+
+Per family (``benchmarks/families.py``; each family in a fresh process), ``<family>_<device>[_quick].json``
+with entries ``eager``, ``bf16_autocast`` and ``compile`` (``torch.compile`` of the family's networks, as
+``textdiff-train compile=true``; a compile failure is recorded, not raised), each with:
+
+- training tokens/s (forward + backward + optimizer step of ``compute_loss`` on random batches of the
+  preset's shapes, after warm-up, median over repeats; tokens = non-pad target tokens) and peak memory;
+- sampling sentences/s through the family's ``generate`` at K in {10, 20, 50, 200} (AR: beam search);
+- the sampler's overhead over the same denoiser calls made bare;
+- warm-up and compile times.
+
+Families: diffusion_lm (diffusion_lm_e2e_cpu), difformer (difformer_multi30k_cpu), diffusion_bert
+(diffusion_bert_tatoeba_cpu), ld4lg (ld4lg_tatoeba_cpu, over a random BART + autoencoder built from the
+stage-0/1 configs) and ar (ar_multi30k_cpu).
+
+With diffusion_lm, ``diffusion_lm_<device>.json`` also gets ``lightning_vs_plain``, the comparison of
+textdiff with a hand-written PyTorch loop on the Diffusion-LM CPU preset:
 
 (a) training throughput (tokens/s) of Diffusion-LM trained by a Lightning ``Trainer`` (what
     ``textdiff-train`` runs) against a hand-written PyTorch loop computing the same loss on the same
     denoiser and batches; the figure is the ratio (aim >= 0.95);
 (b) sampler overhead: wall time of ``Sampler.sample`` with K steps against K bare denoiser calls on
     the same inputs (aim <= 1.05x);
-(c) peak memory: process peak RSS (and CUDA peak allocation on a GPU) during (a).
+(c) peak memory: process peak RSS (and CUDA peak allocation on a GPU) during (a) and (b).
 
-    python -m benchmarks.run [--quick] [--device cpu|cuda] [--out benchmarks/results]
+    python -m benchmarks.run [--families all|diffusion_lm,difformer,diffusion_bert,ld4lg,ar] [--quick]
+                             [--device cpu|cuda] [--no-compile] [--no-comparison] [--out benchmarks/results]
+
+``--quick`` is a smoke run (a few steps, small batches; ``*_quick.json``) for tests and CI, not a measurement.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -23,24 +45,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import RESULTS, machine, result_path
 from textdiff.core import DiscreteSchedule, GaussianProcess, Sampler, SqrtSchedule
 from textdiff.families import DiffusionLM
 from textdiff.nn import TransformerDenoiser
 
-# the CPU preset's network (conf/experiment/diffusion_lm_e2e_cpu.yaml)
-PRESET = dict(vocab=820, d=16, dim=128, depth=3, heads=4, max_len=40, batch=64)
-
-
-def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "device": device}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+# the CPU preset's network and shapes (conf/experiment/diffusion_lm_e2e_cpu.yaml; vocabulary of its E2E tokenizer)
+PRESET = dict(vocab=811, d=16, dim=128, depth=3, heads=4, max_len=32, batch=64)
 
 
 def make_model(device: str) -> DiffusionLM:
+    """The Diffusion-LM CPU preset's model (``PRESET``; seed 0) on ``device``."""
     p = PRESET
     torch.manual_seed(0)
     model = DiffusionLM(
@@ -51,6 +66,7 @@ def make_model(device: str) -> DiffusionLM:
 
 
 def batches(n: int, device: str) -> list[dict]:
+    """``n`` random full-length batches (CPU): ``ids``/``mask`` (batch, max_len), ``index`` (batch,)."""
     g = torch.Generator().manual_seed(0)
     p = PRESET
     out = []
@@ -129,6 +145,7 @@ def lightning_loop(steps: int, warmup: int, device: str) -> float:
 
 
 def bench_training(steps: int, warmup: int, device: str, repeats: int) -> dict:
+    """(a): ``plain_loop`` and ``lightning_loop`` interleaved ``repeats`` times; tokens/s and their ratio."""
     tokens = PRESET["batch"] * PRESET["max_len"]
     plain, light = [], []
     for _ in range(repeats):  # interleave so that drifts in machine load hit both alike
@@ -143,6 +160,7 @@ def bench_training(steps: int, warmup: int, device: str, repeats: int) -> dict:
 
 @torch.no_grad()
 def bench_sampler(num_steps: int, device: str, repeats: int) -> dict:
+    """(b): ``Sampler.sample`` at K = ``num_steps`` against K bare ``denoise`` calls on (batch, max_len, d)."""
     model = make_model(device).eval()
     shape = (PRESET["batch"], PRESET["max_len"], PRESET["d"])
     sampler = model.build_sampler(num_steps=num_steps)
@@ -176,32 +194,74 @@ def bench_sampler(num_steps: int, device: str, repeats: int) -> dict:
             "target_ratio": 1.05}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = ap.parse_args()
-    steps, warmup, repeats, k = (20, 5, 1, 20) if args.quick else (100, 10, 5, 200)
-    result = {"benchmark": "diffusion_lm_cpu_preset", "preset": PRESET, "machine": machine(args.device),
+def compare_with_plain_pytorch(device: str, quick: bool) -> dict:
+    """(a)-(c) of the module docstring on the Diffusion-LM preset: the ``lightning_vs_plain`` section."""
+    steps, warmup, repeats, k = (20, 5, 1, 20) if quick else (100, 10, 5, 200)
+    result = {"benchmark": "diffusion_lm_cpu_preset", "preset": PRESET, "machine": machine(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    result["training"] = bench_training(steps, warmup, args.device, repeats)
-    result["sampler"] = bench_sampler(k, args.device, repeats)
+    result["training"] = bench_training(steps, warmup, device, repeats)
+    result["sampler"] = bench_sampler(k, device, repeats)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.device == "cuda":
+    if device == "cuda":
         result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"diffusion_lm_{args.device}{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
     tr, sa = result["training"], result["sampler"]
-    print(f"training: textdiff {tr['textdiff_tokens_per_second']:.0f} tok/s, plain {tr['plain_tokens_per_second']:.0f} "
-          f"tok/s, ratio {tr['throughput_ratio']:.3f} (median), {tr['throughput_ratio_best']:.3f} (best of "
-          f"{len(tr['plain_seconds_per_step'])}) (aim >= 0.95)")
+    print(f"lightning vs plain: textdiff {tr['textdiff_tokens_per_second']:.0f} tok/s, plain "
+          f"{tr['plain_tokens_per_second']:.0f} tok/s, ratio {tr['throughput_ratio']:.3f} (median), "
+          f"{tr['throughput_ratio_best']:.3f} (best of {len(tr['plain_seconds_per_step'])}) (aim >= 0.95)")
     print(f"sampler: {sa['overhead_ratio']:.3f}x (median), {sa['overhead_ratio_best']:.3f}x (best) bare denoiser "
-          f"calls at K={k} (aim <= 1.05)")
-    print(f"peak RSS {result['peak_rss_mb']:.0f} MB; wrote {path}")
+          f"calls at K={k} (aim <= 1.05); peak RSS {result['peak_rss_mb']:.0f} MB")
+    return result
+
+
+def parse_families(value: str) -> list[str]:
+    """``all`` or a comma-separated list of family names -> the names, in the canonical order."""
+    from benchmarks.families import FAMILIES
+
+    if value.strip() == "all":
+        return list(FAMILIES)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown family {unknown[0] if unknown else value!r}; choose 'all' or "
+                                         f"some of {','.join(FAMILIES)}")
+    return [n for n in FAMILIES if n in names]
+
+
+def run_family_process(name: str, args: argparse.Namespace) -> int:
+    """``python -m benchmarks.families --family <name> ...`` in a fresh process; returns its exit code."""
+    cmd = [sys.executable, "-m", "benchmarks.families", "--family", name, "--device", args.device, "--out", args.out]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--no-compile"] if args.no_compile else []
+    print(f"== {name}", flush=True)
+    return subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1]).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module docstring); returns 0, or 1 when a family's run failed."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", type=parse_families, default="all",
+                    help="'all' (default) or a comma-separated subset of "
+                         "diffusion_lm,difformer,diffusion_bert,ld4lg,ar")
+    ap.add_argument("--quick", action="store_true", help="a few steps and calls: a smoke run (*_quick.json)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile entries (slow to compile on CPU)")
+    ap.add_argument("--no-comparison", action="store_true",
+                    help="skip the Diffusion-LM Lightning-vs-plain-PyTorch comparison")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    failed = [name for name in args.families if run_family_process(name, args) != 0]
+    if "diffusion_lm" in args.families and not args.no_comparison:
+        comparison = compare_with_plain_pytorch(args.device, args.quick)
+        path = result_path(Path(args.out), "diffusion_lm", args.device, args.quick)
+        doc = json.loads(path.read_text()) if path.exists() else {"family": "diffusion_lm"}
+        doc["lightning_vs_plain"] = comparison
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote lightning_vs_plain into {path}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -90,6 +90,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if policy not in ("stop", "skip"):
         raise ConfigError(f"on_nonfinite_loss={policy!r}; expected 'stop' or 'skip'")
     model.on_nonfinite_loss = policy
+    if cfg.get("compile") not in (None, False):  # torch.compile the family's networks (textdiff/compilation.py)
+        from textdiff.compilation import compile_networks
+
+        spec = OmegaConf.to_container(cfg.compile, resolve=True) if OmegaConf.is_config(cfg.compile) else cfg.compile
+        try:
+            compile_networks(model, spec)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     callbacks = _build_list(cfg, "callbacks")
     if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
