@@ -13,6 +13,13 @@ from torch import Tensor, nn
 from textdiff.nn.layers import TimeEmbedding, masked_mean_pool
 
 
+def pre_ln_encoder(dim: int, heads: int, ffn_mult: int, dropout: float, depth: int) -> nn.TransformerEncoder:
+    """``depth`` pre-LN ``nn.TransformerEncoderLayer`` (GELU, FFN ``ffn_mult * dim``, batch first): (B, L, dim)."""
+    layer = nn.TransformerEncoderLayer(int(dim), int(heads), int(ffn_mult) * int(dim), dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, int(depth), enable_nested_tensor=False)
+
+
 class TransformerClassifier(nn.Module):
     """Bidirectional Transformer encoder with masked mean pooling and a linear class head.
 
@@ -43,9 +50,7 @@ class TransformerClassifier(nn.Module):
         self.embed = nn.Embedding(self.vocab_size, self.dim, padding_idx=self.pad_id)
         self.pos = nn.Embedding(self.max_len, self.dim)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(self.dim, int(heads), int(ffn_mult) * self.dim, dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, int(depth), enable_nested_tensor=False)
+        self.encoder = pre_ln_encoder(self.dim, heads, ffn_mult, dropout, depth)
         self.norm = nn.LayerNorm(self.dim)
         self.head = nn.Linear(self.dim, self.num_classes)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -99,9 +104,7 @@ class LatentClassifier(nn.Module):
         self.pos = nn.Embedding(self.max_len, self.dim)
         self.time = TimeEmbedding(self.dim)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(self.dim, int(heads), int(ffn_mult) * self.dim, dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, int(depth), enable_nested_tensor=False)
+        self.encoder = pre_ln_encoder(self.dim, heads, ffn_mult, dropout, depth)
         self.norm = nn.LayerNorm(self.dim)
         self.head = nn.Linear(self.dim, self.num_classes)
 
