@@ -71,7 +71,7 @@ def dlm_run(tmp_path_factory, shared_data):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets, dlm_run):
-    overrides = [f"model.diffusion_path={dlm_run}"] if experiment.endswith("_control_cpu") else []
+    overrides = [f"model.diffusion_path={dlm_run}"] if experiment.endswith(("_control_cpu", "_length_cpu")) else []
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50",
                     *overrides], tmp_path)
     bart_dir, ae_ckpt = ld4lg_assets

@@ -54,3 +54,25 @@ def test_guided_sampling_with_a_noisy_classifier_run(shared_data, tmp_path):
     assert len(rows) == 8 and all(r["class"] == "Italian" and "classified_as" in r for r in rows)
     out = _run("sample", [*common, "control.label=Klingon"])
     assert out.returncode != 0 and "Italian" in out.stderr + out.stdout  # the message lists the classes
+
+
+def test_length_control_reports_exact_length_match(shared_data, tmp_path):
+    dlm, length = tmp_path / "dlm", tmp_path / "length"
+    out = _run("train", [*TINY, "trainer.max_steps=6", "evaluate=false", f"hydra.run.dir={dlm}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run("train", ["experiment=diffusion_lm_e2e_length_cpu", f"model.diffusion_path={dlm}/checkpoints/last.ckpt",
+                         "data.max_len=24", "model.network.num_classes=23", "diffusion_steps=100",
+                         "data.max_train_examples=1000", "data.max_eval_examples=64", "trainer.max_steps=6",
+                         "trainer.val_check_interval=6", "model.network.dim=32", "model.network.depth=1",
+                         "model.network.heads=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={length}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((length / "metrics.json").read_text())
+    assert m["num_examples"] == 64 and 0.0 <= m["accuracy"] <= 1.0 and m["mean_abs_error"] >= 0
+    out = _run("sample", [f"run_dir={dlm}", "ckpt=last", f"control.classifier={length}", "control.label=12",
+                          "num_samples=6", "sampler.num_steps=5", "nll_batches=0", "suffix=_len"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((dlm / "metrics_len.json").read_text())
+    rows = [json.loads(line) for line in (dlm / "samples_len.jsonl").read_text().splitlines()]
+    assert all(r["target_length"] == 12 for r in rows)
+    assert m["length_match"] == sum(r["length"] == 12 for r in rows) / 6
+    assert m["length_mae"] == sum(abs(r["length"] - 12) for r in rows) / 6

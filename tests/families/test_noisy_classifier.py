@@ -45,3 +45,18 @@ def test_refuses_a_mismatched_diffusion_model():
         _clf(tiny(d=4))
     with pytest.raises(ValueError, match="diffusion_path"):
         NoisyClassifier(LatentClassifier(8, 2, 40))
+
+
+def test_length_attribute_reads_lengths_from_the_mask_and_needs_no_labels():
+    torch.manual_seed(0)
+    net = LatentClassifier(in_dim=8, num_classes=6, vocab_size=40, dim=16, depth=1, heads=2, max_len=12, dropout=0.0)
+    clf = NoisyClassifier(net, tiny(), attribute="length")
+    assert clf.classes == ["0", "1", "2", "3", "4", "5"]
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    for row, n in enumerate((4, 7, 12)):  # BOS + n - 2 tokens + EOS
+        mask[row, :n] = True
+    batch = {"ids": torch.randint(4, 40, (3, 12)), "mask": mask}
+    assert clf.targets(batch).tolist() == [2, 5, 5]  # 10 tokens are capped at the last class
+    assert clf.compute_loss(batch)["loss"].isfinite()
+    with pytest.raises(ValueError, match="attribute"):
+        NoisyClassifier(net, tiny(), attribute="tone")

@@ -58,7 +58,13 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         generate_kwargs={**extra, **({"step_hooks": [control[0]]} if control else {})},
         judges=judges if not control else {k: v for k, v in judges.items() if k != "classifier"},
     )
-    if control:  # every sample was steered towards one class: the clean-text classifier checks it
+    if control and hook_attribute(control[0]) == "length":  # steered towards a length: exact match
+        hook, label = control
+        for r in records:
+            r["target_length"], r["length"] = int(label), len(dm.tokenizer.encode(r.get("text", "")))
+        metrics["length_match"] = sum(r["length"] == r["target_length"] for r in records) / max(len(records), 1)
+        metrics["length_mae"] = sum(abs(r["length"] - r["target_length"]) for r in records) / max(len(records), 1)
+    elif control:  # every sample was steered towards one class: the clean-text classifier checks it
         hook, label = control
         for r in records:
             r["class"] = label
@@ -94,13 +100,19 @@ def _control_hook(cfg: DictConfig, model: Any, sampler_overrides: dict[str, Any]
                                                           model.embedding.weight.cpu()):
         raise ConfigError(f"control.classifier={ctl.classifier} was trained on another diffusion model's latents "
                           "(its model.diffusion_path must be this run's checkpoint)")
-    if ctl.get("label") not in (clf.classes or []):
-        raise ConfigError(f"control.label={ctl.get('label')!r}: the classifier's classes are {clf.classes}")
+    label = None if ctl.get("label") is None else str(ctl.label)  # a length label arrives as an int
+    if label not in (clf.classes or []):
+        raise ConfigError(f"control.label={label!r}: the classifier's classes are {clf.classes}")
     sampler = model.build_sampler(**{k: v for k, v in sampler_overrides.items() if k != "clamp"})
-    hook = ClassifierGuidance.for_sampler(sampler, clf.nll(clf.classes.index(ctl.label)), steps=int(ctl.steps),
+    hook = ClassifierGuidance.for_sampler(sampler, clf.nll(clf.classes.index(label)), steps=int(ctl.steps),
                                           lr=float(ctl.lr), fluency=float(ctl.fluency), t_min=float(ctl.t_min))
-    hook.classes = list(clf.classes)
-    return hook, str(ctl.label)
+    hook.classes, hook.attribute = list(clf.classes), getattr(clf, "attribute", "class")
+    return hook, label
+
+
+def hook_attribute(hook: Any) -> str:
+    """What a control hook steers: "class" (a label of the classifier's data) or "length" (a token count)."""
+    return getattr(hook, "attribute", "class")
 
 
 def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path) -> dict[str, Any]:

@@ -43,13 +43,23 @@ class NoisyClassifier(TextClassifier):
             ``diffusion_path``.
         diffusion_path: its checkpoint (loaded with ``load_diffusion``) when ``diffusion`` is None.
         optimizer, lr_scheduler, ema_decay, label_smoothing, classes: as ``TextClassifier``.
+        attribute: "class": the DataModule's labels (``batch["labels"]``); "length": the number of tokens
+            between BOS and EOS of each example (``batch["mask"]`` minus the 2 frame tokens), class k = k
+            tokens (the last class also takes longer ones); classes are then "0" .. "C-1" and the data
+            needs no labels (Diffusion-LM's length control).
     """
 
     def __init__(self, network: LatentClassifier, diffusion: Optional[nn.Module] = None,
                  diffusion_path: Optional[str] = None, optimizer: Optional[OptimizerFactory] = None,
                  lr_scheduler: Optional[SchedulerFactory] = None, ema_decay: Optional[float] = None,
-                 label_smoothing: float = 0.0, classes: Optional[Sequence[str]] = None) -> None:
+                 label_smoothing: float = 0.0, classes: Optional[Sequence[str]] = None,
+                 attribute: str = "class") -> None:
+        if attribute not in ("class", "length"):
+            raise ValueError(f"attribute={attribute!r}; expected 'class' or 'length'")
+        if attribute == "length" and classes is None:
+            classes = [str(k) for k in range(int(network.num_classes))]
         super().__init__(network, optimizer, lr_scheduler, ema_decay, label_smoothing, classes)
+        self.attribute = attribute
         if diffusion is None:
             if not diffusion_path:
                 raise ValueError("NoisyClassifier needs the diffusion model: give diffusion or diffusion_path "
@@ -86,12 +96,23 @@ class NoisyClassifier(TextClassifier):
 
         return nll
 
-    def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
-        """Cross-entropy of labelled ids (B, L) embedded by the diffusion model (x0 as it trains), noised to a
-        random t with its process: scalars "loss" and "acc"."""
+    def on_fit_start(self) -> None:
+        """Class attribute: take the DataModule's class names (``TextClassifier``); length: nothing to take."""
+        if self.attribute == "class":
+            super().on_fit_start()
+
+    def targets(self, batch: Batch) -> Tensor:
+        """The class ids (B,) of a batch: its labels, or its lengths (tokens between BOS and EOS, capped at C-1)."""
+        if self.attribute == "length":
+            return (batch["mask"].sum(1) - 2).clamp(0, self.num_classes - 1).long()
         if "labels" not in batch:
             raise ValueError("the batch has no `labels`: set data.label_field (e.g. data=e2e_class data.label_slot=food)")
-        ids, labels = batch["ids"], batch["labels"]
+        return batch["labels"]
+
+    def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
+        """Cross-entropy of the targets (``targets``) of ids (B, L) embedded by the diffusion model (x0 as it
+        trains), noised to a random t with its process: scalars "loss" and "acc"."""
+        ids, labels = batch["ids"], self.targets(batch)
         with torch.no_grad():
             _, x0 = self.diffusion.embed_x0(ids)
             t = self.diffusion.sample_t(ids.shape[0])
@@ -113,6 +134,28 @@ class NoisyClassifier(TextClassifier):
             return self.logits(emb, t).log_softmax(-1)
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def evaluate_on(self, datamodule: Any, *, split: str = "test", num_examples: Optional[int] = None,
+                    batch_size: int = 100, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Class attribute: as ``TextClassifier``. Length: accuracy (and mean absolute error, in tokens) of
+        the predicted length of the clean latents of ``split``'s batches (all, or the first ``num_examples``)."""
+        if self.attribute == "class":
+            return super().evaluate_on(datamodule, split=split, num_examples=num_examples, batch_size=batch_size,
+                                       seed=seed)
+        loader = {"test": datamodule.test_dataloader, "valid": datamodule.val_dataloader}[split]()
+        records: list[dict[str, Any]] = []
+        for batch in loader:
+            pred = self.predict(batch["ids"], batch["mask"]).argmax(-1).cpu()
+            for i, p, want in zip(batch["index"].tolist(), pred.tolist(), self.targets(batch).tolist()):
+                records.append({"id": i, "length": want, "predicted": p})
+            if num_examples is not None and len(records) >= num_examples:
+                records = records[:num_examples]
+                break
+        n = max(len(records), 1)
+        return records, {"split": split, "num_examples": len(records),
+                         "accuracy": sum(r["length"] == r["predicted"] for r in records) / n,
+                         "mean_abs_error": sum(abs(r["length"] - r["predicted"]) for r in records) / n}
 
     def encode_texts(self, texts: Sequence[str], tokenizer: Any, max_len: Optional[int] = None) -> list[list[int]]:
         """As ``TextClassifier.encode_texts``, then padded with PAD to the network's ``max_len`` (the fixed
