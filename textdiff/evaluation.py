@@ -279,14 +279,21 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:
+    """Write ``records`` as JSON lines to ``path`` atomically (``<path>.tmp``, then rename). Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def write_outputs(out_dir: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any], suffix: str = "") -> tuple[Path, Path]:
     """Write ``samples{suffix}.jsonl`` and ``metrics{suffix}.json`` atomically (write, then rename)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    samples_path, metrics_path = out_dir / f"samples{suffix}.jsonl", out_dir / f"metrics{suffix}.json"
-    tmp = samples_path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(samples_path)
+    samples_path = write_jsonl(out_dir / f"samples{suffix}.jsonl", records)
+    metrics_path = out_dir / f"metrics{suffix}.json"
     tmp = metrics_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_json_safe(metrics), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(metrics_path)

@@ -39,11 +39,11 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     configure_logging()
     run_dir = Path(cfg.run_dir)
     model, dm, run_cfg, path = load_run(run_dir, cfg.ckpt, resolve_device(cfg.device))
-    if cfg.get("infill"):
-        return infill(cfg, model, dm, run_dir, path)
-    attach_reranker(model, cfg.get("reranker"), dm.tokenizer)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
     extra = {"clamp": bool(cfg.clamp)} if cfg.get("clamp") is not None else {}
+    if cfg.get("infill"):
+        return infill(cfg, model, dm, run_dir, path, {**overrides, **extra})
+    attach_reranker(model, cfg.get("reranker"), dm.tokenizer)
     for node in (OmegaConf.select(run_cfg, "eval.generate"), cfg.get("generate")):  # the run's, then ours
         if node is not None:
             extra.update({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None})
@@ -58,17 +58,18 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         generate_kwargs={**extra, **({"step_hooks": [control[0]]} if control else {})},
         judges=judges if not control else {k: v for k, v in judges.items() if k != "classifier"},
     )
-    if control and hook_attribute(control[0]) == "length":  # steered towards a length: exact match
-        hook, label = control
-        for r in records:
-            r["target_length"], r["length"] = int(label), len(dm.tokenizer.encode(r.get("text", "")))
-        metrics["length_match"] = sum(r["length"] == r["target_length"] for r in records) / max(len(records), 1)
-        metrics["length_mae"] = sum(abs(r["length"] - r["target_length"]) for r in records) / max(len(records), 1)
-    elif control:  # every sample was steered towards one class: the clean-text classifier checks it
-        hook, label = control
-        for r in records:
-            r["class"] = label
-        metrics.update(score_with_judges(records, {"classifier": judges.get("classifier")}, hook.classes))
+    if control:
+        hook, clf, label = control
+        if clf.attribute == "length":  # steered towards a length: exact match of the samples' token counts
+            for r in records:
+                r["target_length"], r["length"] = int(label), len(dm.tokenizer.encode(r.get("text", "")))
+            n = max(len(records), 1)
+            metrics["length_match"] = sum(r["length"] == r["target_length"] for r in records) / n
+            metrics["length_mae"] = sum(abs(r["length"] - r["target_length"]) for r in records) / n
+        else:  # steered towards one class: the clean-text classifier checks it
+            for r in records:
+                r["class"] = label
+            metrics.update(score_with_judges(records, {"classifier": judges.get("classifier")}, clf.classes))
         metrics.update({"control_label": label, "control_grad_steps": hook.grad_steps,
                         **{f"control_{k}": getattr(hook, k) for k in ("steps", "lr", "fluency", "t_min")}})
     metrics["checkpoint"] = str(path)
@@ -81,10 +82,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _control_hook(cfg: DictConfig, model: Any, sampler_overrides: dict[str, Any]) -> Optional[tuple[Any, str]]:
+def _control_hook(cfg: DictConfig, model: Any, sampler_overrides: dict[str, Any]) -> Optional[tuple[Any, Any, str]]:
     """``control.classifier=<NoisyClassifier run>`` and ``control.label=<class>``: the ClassifierGuidance hook
-    for ``model`` (its sampler with ``sampler_overrides``) and the label; None without ``control.classifier``.
-    The hook carries ``classes`` (the classifier's class names) for scoring."""
+    for ``model`` (its sampler with ``sampler_overrides``), the classifier (its ``classes`` and ``attribute``
+    say how to score) and the label; None without ``control.classifier``."""
     import torch
 
     from textdiff.core.control import ClassifierGuidance
@@ -103,27 +104,23 @@ def _control_hook(cfg: DictConfig, model: Any, sampler_overrides: dict[str, Any]
     label = None if ctl.get("label") is None else str(ctl.label)  # a length label arrives as an int
     if label not in (clf.classes or []):
         raise ConfigError(f"control.label={label!r}: the classifier's classes are {clf.classes}")
-    sampler = model.build_sampler(**{k: v for k, v in sampler_overrides.items() if k != "clamp"})
-    hook = ClassifierGuidance.for_sampler(sampler, clf.nll(clf.classes.index(label)), steps=int(ctl.steps),
-                                          lr=float(ctl.lr), fluency=float(ctl.fluency), t_min=float(ctl.t_min))
-    hook.classes, hook.attribute = list(clf.classes), getattr(clf, "attribute", "class")
-    return hook, label
+    hook = ClassifierGuidance.for_sampler(model.build_sampler(**sampler_overrides), clf.nll(clf.classes.index(label)),
+                                          steps=int(ctl.steps), lr=float(ctl.lr), fluency=float(ctl.fluency),
+                                          t_min=float(ctl.t_min))
+    return hook, clf, label
 
 
-def hook_attribute(hook: Any) -> str:
-    """What a control hook steers: "class" (a label of the classifier's data) or "length" (a token count)."""
-    return getattr(hook, "attribute", "class")
-
-
-def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path,
+           generate_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``infill=<file>``: fill the blanks of each template line (``infill_blank``, default ``_``) with
-    ``model.infill`` and write ``infill{suffix}.jsonl`` (template, text) into the run directory (or
-    ``out_dir``). Returns a summary (templates, seconds, the checkpoint)."""
-    import json
+    ``model.infill`` (``generate_kwargs``: sampler overrides, ``clamp``) and write ``infill{suffix}.jsonl``
+    (template, text) into the run directory (or ``out_dir``). Returns a summary (templates, seconds, the
+    checkpoint)."""
     import time
 
     from textdiff.data.sources import read_lines
     from textdiff.data.templates import encode_templates
+    from textdiff.evaluation import write_jsonl
 
     if not hasattr(model, "infill"):
         raise ConfigError(f"infill= needs a model with infill(); {type(model).__name__} has none")
@@ -132,22 +129,15 @@ def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path
     length = int(getattr(getattr(model, "denoiser", None), "max_len", 0) or dm.max_len)
     context, fill = encode_templates(templates, tok, length, blank=str(cfg.infill_blank),
                                      add_bos_eos=bool(getattr(dm, "add_bos_eos", True)))
-    overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
-    if cfg.get("clamp") is not None:
-        overrides["clamp"] = bool(cfg.clamp)
     start = time.perf_counter()
-    ids = model.infill(context, fill, noise_context=bool(cfg.infill_noise_context), seed=int(cfg.seed), **overrides)
+    ids = model.infill(context, fill, noise_context=bool(cfg.infill_noise_context), seed=int(cfg.seed),
+                       **generate_kwargs)
     seconds = time.perf_counter() - start
+    rows = [{"template": template, "text": tok.decode(row)} for template, row in zip(templates, ids.tolist())]
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"infill{cfg.suffix or ''}.jsonl"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for template, row in zip(templates, ids.tolist()):
-            f.write(json.dumps({"template": template, "text": tok.decode(row)}) + "\n")
-    tmp.replace(path)
-    for template, row in list(zip(templates, ids.tolist()))[:5]:
-        print(f"{template}\n  -> {tok.decode(row)}")
+    path = write_jsonl(out_dir / f"infill{cfg.suffix or ''}.jsonl", rows)
+    for row in rows[:5]:
+        print(f"{row['template']}\n  -> {row['text']}")
     print(f"wrote {path}")
     return {"templates": len(templates), "seconds": round(seconds, 3), "checkpoint": str(checkpoint)}
 
