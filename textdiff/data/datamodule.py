@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from textdiff.core.types import Batch
 from textdiff.data.sources import OVERFLOW_POLICIES, DataError, fit_length, load_hf_split
 from textdiff.data.labels import LabelsMixin
-from textdiff.data.samplers import ResumableSampler
+from textdiff.data.samplers import TrainingOrderMixin
 from textdiff.data.sources import detect_format, read_jsonl, read_texts, target_references, target_text
 from textdiff.data.tokenizers import HFTokenizer, Tokenizer, build_word_tokenizer, load_tokenizer
 
@@ -80,7 +80,7 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class _BaseDataModule(pl.LightningDataModule):
+class _BaseDataModule(TrainingOrderMixin, pl.LightningDataModule):
     """Tokenizer, splits and loaders shared by both DataModules (subclasses define
     ``_read_split``, ``_training_texts``, ``_encode``, ``texts`` and ``references``)."""
 
@@ -113,7 +113,6 @@ class _BaseDataModule(pl.LightningDataModule):
         self._raw: dict[str, list] = {}
         self._datasets: dict[str, Items] = {}
         self.stats: dict[str, dict[str, int]] = {}  # per split: examples, kept, overflow, ...
-        self._resume: dict[str, int] | None = None  # training-order state read from a checkpoint
 
     def has_split(self, split: str) -> bool:
         """Whether ``split`` has data (a path, or an ``hf_splits`` entry with ``hf_dataset``)."""
@@ -219,28 +218,13 @@ class _BaseDataModule(pl.LightningDataModule):
         return functools.partial(collate, pad_id=self.tokenizer.pad_id, max_len=self.max_len,
                                  max_src_len=getattr(self, "max_src_len", None))
 
-    def shuffle_seed(self) -> int:
-        """The training order's seed: ``seed``, else the run's (``PL_GLOBAL_SEED``, set by
-        ``seed_everything``, the same on every DDP rank), else 0."""
-        if self.seed is not None:
-            return int(self.seed)
-        return int(os.environ.get("PL_GLOBAL_SEED", 0))
-
     def _loader(self, split: str, train: bool) -> DataLoader | list:
         if not self.has_split(split):
             return []
-        sampler = None
-        if train:
-            state = self._resume or {}
-            sampler = ResumableSampler(self.dataset(split), seed=state.get("seed", self.shuffle_seed()))
-            if state:
-                sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
-                logger.info("training data resumes at epoch %d after %d batches (seed %d)",
-                            state["epoch"], state["batches_done"], sampler.seed)
-                self._resume = None
+        data = self.dataset(split)
         return DataLoader(
-            self.dataset(split), batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=sampler, drop_last=False, num_workers=self.num_workers,
+            data, batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=self.train_sampler(data) if train else None, drop_last=False, num_workers=self.num_workers,
             collate_fn=self.collator(), persistent_workers=self.num_workers > 0,
         )
 
@@ -249,26 +233,6 @@ class _BaseDataModule(pl.LightningDataModule):
         ranks (:class:`~textdiff.data.samplers.ResumableSampler`); a resumed run continues the
         interrupted epoch where its checkpoint was written."""
         return self._loader("train", train=True)
-
-    def state_dict(self) -> dict[str, int]:
-        """Where the training order stands, saved in every checkpoint by Lightning: ``seed``,
-        ``epoch`` and ``batches_done`` (training batches of that epoch already trained on)."""
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        epoch = int(trainer.current_epoch)
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-        if done >= trainer.num_training_batches:  # saved at the epoch's end: the next one starts afresh
-            epoch, done = epoch + 1, 0
-        return {"seed": self.shuffle_seed(), "epoch": epoch, "batches_done": done}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Take the training order's state from a checkpoint; the next ``train_dataloader`` resumes it."""
-        if state_dict:
-            missing = {"seed", "epoch", "batches_done"} - set(state_dict)
-            if missing:
-                raise ValueError(f"datamodule state in the checkpoint lacks {sorted(missing)}")
-            self._resume = {k: int(state_dict[k]) for k in ("seed", "epoch", "batches_done")}
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in order; ``[]`` when there is no valid split."""

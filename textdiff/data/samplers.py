@@ -13,10 +13,14 @@ equally long shard), so Lightning keeps it instead of wrapping it.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sized
+import logging
+import os
+from typing import Any, Iterator, Optional, Sized
 
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+logger = logging.getLogger("textdiff.data")
 
 
 class ResumableSampler(DistributedSampler):
@@ -61,3 +65,49 @@ class ResumableSampler(DistributedSampler):
         if self._resume_at is not None and self._resume_at[0] <= self.epoch:
             self._resume_at = None
         return iter(indices)
+
+
+class TrainingOrderMixin:
+    """The DataModule side of a resumable training order: the training sampler, and its position in
+    every checkpoint (Lightning calls ``state_dict`` / ``load_state_dict`` of a DataModule). Needs the
+    DataModule's ``seed``, ``batch_size`` and ``trainer``."""
+
+    _resume: Optional[dict[str, int]] = None  # training-order state read from a checkpoint
+
+    def shuffle_seed(self) -> int:
+        """The training order's seed: ``seed``, else the run's (``PL_GLOBAL_SEED``, set by
+        ``seed_everything``, the same on every DDP rank), else 0."""
+        if self.seed is not None:
+            return int(self.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def train_sampler(self, dataset: Sized) -> ResumableSampler:
+        """The sampler of the training split (N examples); after ``load_state_dict``, positioned after the
+        batches the checkpoint had already trained on (once)."""
+        state, self._resume = self._resume or {}, None
+        sampler = ResumableSampler(dataset, seed=state.get("seed", self.shuffle_seed()))
+        if state:
+            sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
+            logger.info("training data resumes at epoch %d after %d batches (seed %d)",
+                        state["epoch"], state["batches_done"], sampler.seed)
+        return sampler
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training order stands, saved in every checkpoint by Lightning: ``seed``,
+        ``epoch`` and ``batches_done`` (training batches of that epoch already trained on)."""
+        trainer: Any = self.trainer
+        if trainer is None:
+            return {}
+        epoch = int(trainer.current_epoch)
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        if done >= trainer.num_training_batches:  # saved at the epoch's end: the next one starts afresh
+            epoch, done = epoch + 1, 0
+        return {"seed": self.shuffle_seed(), "epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Take the training order's state from a checkpoint; the next ``train_sampler`` resumes it."""
+        if state_dict:
+            missing = {"seed", "epoch", "batches_done"} - set(state_dict)
+            if missing:
+                raise ValueError(f"datamodule state in the checkpoint lacks {sorted(missing)}")
+            self._resume = {k: int(state_dict[k]) for k in ("seed", "epoch", "batches_done")}
