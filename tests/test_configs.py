@@ -72,6 +72,10 @@ def dlm_run(tmp_path_factory, shared_data):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets, dlm_run):
     overrides = [f"model.diffusion_path={dlm_run}"] if experiment.endswith(("_control_cpu", "_length_cpu")) else []
+    if experiment.startswith("compare_"):  # the comparison's shared tokenizer and LD4LG autoencoder
+        overrides += [f"compare.tokenizer={tmp_path / 'tokenizer'}", f"compare.ld4lg_autoencoder={ld4lg_assets[1]}"]
+        overrides += ["model.denoiser.latent_dim=8", "model.denoiser.max_len=4"] if "ld4lg" in experiment else []
+        overrides += ["model.denoiser.context_dim=32"] if "seq2seq" in experiment else []  # the stand-in's d_model
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50",
                     *overrides], tmp_path)
     bart_dir, ae_ckpt = ld4lg_assets
@@ -188,3 +192,34 @@ def test_difformer_variants_build(variant, shared_data, tmp_path):
     assert (model.net.embed_norm is None) == ("embed_norm" in variant or "dlm" in variant)
     assert model.token_loss == {"no_anchor": "none", "dlm": "rounding"}.get(
         next((k for k in ("no_anchor", "dlm") if k in variant), ""), "anchor")
+
+
+@pytest.mark.parametrize("table,families", [
+    ("tatoeba", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG"}),
+    ("e2e", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "Difformer"}),
+])
+def test_comparison_entrants_share_one_budget(table, families):
+    """Every entrant of a cross-family comparison table trains and is scored under the same budget: data,
+    tokenizer, optimizer steps x batch, evaluation and judge; only the model (and, on E2E, whether the MR is
+    given) differs. One multirun (ablation=compare_<table>_cpu) runs them all."""
+    entrants = sorted(p.stem for p in (CONF_DIR / "experiment").glob(f"compare_{table}_*_cpu.yaml"))
+    keys = ("data.train_path", "data.max_len", "data.batch_size", "data.tokenizer_path", "data.tokenizer.min_count",
+            "data.tokenizer.add_mask_token", "trainer.max_steps", "trainer.accumulate_grad_batches", "eval.split",
+            "eval.num_samples", "eval.seed", "eval.lm", "seed")
+    seen, found = {}, set()
+    for name in entrants:
+        cfg = _compose([f"experiment={name}", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer",
+                        "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
+        if "ld4lg" in name:  # LD4LG reads the tokenizer saved beside its stage-1 run (the script checks it is the shared one)
+            assert cfg.data.tokenizer_path == "/cmp/ae/tokenizer"
+            cfg.data.tokenizer_path = "/cmp/tokenizer"
+        seen[name] = tuple(OmegaConf.select(cfg, k) for k in keys)
+        found.add(cfg.model._target_.split(".")[-1])
+        assert cfg.task_name == name
+    assert found == families
+    assert len(set(seen.values())) == 1, seen
+    assert dict(zip(keys, next(iter(seen.values()))))["eval.lm"] == "/judge"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"ablation=compare_{table}_cpu"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.experiment == f"glob(compare_{table}_*_cpu)"

@@ -124,7 +124,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if hasattr(model, "save_artifacts") and trainer.is_global_zero:  # e.g. LD4LG stage 0 exports its BART
         model.save_artifacts(run_dir, dm.tokenizer)
 
-    metrics: dict[str, Any] = {"global_step": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1)}
+    # training cost: optimizer steps, examples they consumed (over all processes), trainable parameters, time
+    examples = int(trainer.global_step) * int(cfg.data.batch_size) * trainer.accumulate_grad_batches * trainer.world_size
+    metrics: dict[str, Any] = {"global_step": int(trainer.global_step), "train_examples": examples,
+                               "trainable_params": int(n_params), "fit_seconds": round(fit_seconds, 1)}
     if cfg.get("evaluate", True) and trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
         ev = cfg.eval
         attach_reranker(model, ev.get("reranker"), dm.tokenizer)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Cross-family comparison on Tatoeba English at CPU scale (experiments/README.md § Cross-family comparison):
+#   1. the judge: a decoder-only AR LM (ar_lm_tatoeba_cpu, seed 1, its own 2,000-step preset) on the shared
+#      tokenizer                                                          -> $OUT/judge, $OUT/tokenizer
+#   2. LD4LG's stages 0 (BART) and 1 (autoencoder), each at the comparison budget (compare.steps)
+#                                                                         -> $OUT/bart, $OUT/ae
+#   3. the table: ONE multirun over every conf/experiment/compare_tatoeba_*_cpu.yaml (AR LM, Diffusion-LM,
+#      DiffusionBERT, LD4LG), same data, tokenizer, steps x batch and evaluation  -> $OUT/table/{0,1,2,3}
+#   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
+#   5. textdiff-report: $OUT/report (quality and cost) and $OUT/report_steps (K sweep)
+# Usage: experiments/compare/tatoeba_cpu.sh [OUT] ; SKIP_PREP=1 reuses steps 1-2; STEPS= overrides compare.steps.
+set -euo pipefail
+OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
+BIN=${BIN:-.venv/bin}
+STEPS=${STEPS:-1000}
+KS=${KS:-10,50,200}
+common=(trainer.enable_progress_bar=false)
+if [ -z "${SKIP_PREP:-}" ]; then
+  "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
+    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
+  "$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS" eval.num_samples=200 \
+    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/bart" "${common[@]}"
+  "$BIN/textdiff-train" experiment=ld4lg_ae_tatoeba_cpu model.bart_path="$OUT/bart/bart" trainer.max_steps="$STEPS" \
+    eval.num_samples=200 hydra.run.dir="$OUT/ae" "${common[@]}"
+fi
+# every entrant must read the same vocabulary (LD4LG reads it from its autoencoder run)
+cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
+"$BIN/textdiff-train" -m ablation=compare_tatoeba_cpu compare.steps="$STEPS" compare.judge="$OUT/judge" \
+  compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
+  hydra.sweep.dir="$OUT/table" "${common[@]}"
+for run in "$OUT"/table/*/; do
+  grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrant has no K
+  for k in ${KS//,/ }; do
+    "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" suffix="_k$k"
+  done
+done
+"$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" \
+  --metrics 'lm_ppl,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,fit_seconds,train_examples,trainable_params,global_step'
+"$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \
+  --metrics 'sampler.num_steps,sequences_per_second,lm_ppl,dist-2,self_bleu' --out "$OUT/report_steps"
