@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Cross-family comparison on E2E at CPU scale (experiments/README.md § Cross-family comparison):
+#   0. the shared tokenizer, built over MRs and references by the first entrant's data config -> $OUT/tokenizer
+#   1. the judge: a decoder-only AR LM of the references (ar_lm_e2e_cpu, seed 1, its own 2,000-step preset)
+#                                                                         -> $OUT/judge
+#   2. LD4LG's stages 0 (BART) and 1 (autoencoder) on the references, each at the comparison budget
+#                                                                         -> $OUT/bart, $OUT/ae
+#   3. the table: ONE multirun over every conf/experiment/compare_e2e_*_cpu.yaml: references alone (AR LM,
+#      Diffusion-LM, DiffusionBERT, LD4LG) and data-to-text MR -> reference (AR encoder-decoder, Difformer,
+#      LD4LG seq2seq)                                                     -> $OUT/table/{0..6}
+#   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
+#   5. textdiff-report: $OUT/report_text (references alone), $OUT/report_d2t (data-to-text), $OUT/report_steps
+# Usage: experiments/compare/e2e_cpu.sh [OUT] ; SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps.
+set -euo pipefail
+OUT=${1:-outputs/experiments/compare_e2e_cpu}
+BIN=${BIN:-.venv/bin}
+STEPS=${STEPS:-1000}
+KS=${KS:-10,50,200}
+common=(trainer.enable_progress_bar=false)
+if [ -z "${SKIP_PREP:-}" ]; then
+  "$BIN/textdiff-train" experiment=compare_e2e_ar_cpu compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder=null \
+    trainer.max_steps=0 evaluate=false logger=csv hydra.run.dir="$OUT/tokenizer_run" "${common[@]}"
+  "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 data.tokenizer_path="$OUT/tokenizer" \
+    hydra.run.dir="$OUT/judge" "${common[@]}"
+  stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" eval.num_samples=200)
+  "$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu "${stage[@]}" data.tokenizer_path="$OUT/tokenizer" \
+    hydra.run.dir="$OUT/bart" "${common[@]}"
+  "$BIN/textdiff-train" experiment=ld4lg_ae_e2e_cpu "${stage[@]}" model.bart_path="$OUT/bart/bart" \
+    hydra.run.dir="$OUT/ae" "${common[@]}"
+fi
+cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # LD4LG reads the vocabulary from its stage-1 run
+"$BIN/textdiff-train" -m ablation=compare_e2e_cpu compare.steps="$STEPS" compare.judge="$OUT/judge" \
+  compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
+  hydra.sweep.dir="$OUT/table" "${common[@]}"
+text=() d2t=()
+for run in "$OUT"/table/*/; do
+  if grep -q Seq2SeqDataModule "$run/config.yaml"; then d2t+=("$run"); else text+=("$run"); fi
+  grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrants have no K
+  for k in ${KS//,/ }; do
+    "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" suffix="_k$k"
+  done
+done
+cost=fit_seconds,train_examples,trainable_params,global_step
+"$BIN/textdiff-report" "${text[@]}" --columns task_name --out "$OUT/report_text" \
+  --metrics "lm_ppl,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,$cost"
+"$BIN/textdiff-report" "${d2t[@]}" --columns task_name --out "$OUT/report_d2t" \
+  --metrics "bleu,rouge*,chrf,lm_ppl,dist-2,mean_length,sequences_per_second,$cost"
+"$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \
+  --metrics 'sampler.num_steps,sequences_per_second,lm_ppl,bleu,dist-2' --out "$OUT/report_steps"
