@@ -102,7 +102,9 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _number(value: Any) -> Optional[float]:
+def as_number(value: Any) -> Optional[float]:
+    """A config or metric value as a float (numbers and numeric strings, "nan"/"inf" included); None for
+    booleans, None and other strings."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
@@ -223,11 +225,12 @@ def varying_keys(runs: Sequence[Run], seed_key: str = "seed") -> list[str]:
 
 
 def _key(value: Any) -> Any:
-    number = _number(value)
-    return ("n", number) if number is not None else ("s", _show(value))
+    number = as_number(value)
+    return ("n", number) if number is not None else ("s", show_value(value))
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as a table cell: "" for None, lowercase true/false, else ``str``."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -236,8 +239,8 @@ def _show(value: Any) -> str:
 
 
 def _sort_key(value: Any) -> tuple:
-    number = _number(value)
-    return (0, 0.0, "") if value is None else (1, number, "") if number is not None else (2, 0.0, _show(value))
+    number = as_number(value)
+    return (0, 0.0, "") if value is None else (1, number, "") if number is not None else (2, 0.0, show_value(value))
 
 
 def _stats(values: list[float]) -> tuple[Optional[float], Optional[float], int]:
@@ -298,7 +301,7 @@ def to_markdown(table: Table, precision: int = 3) -> str:
     header = [*table.columns, "n", *table.metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in table.groups:
-        cells = [_show(g.values[c]) for c in table.columns] + [str(len(g.runs))]
+        cells = [show_value(g.values[c]) for c in table.columns] + [str(len(g.runs))]
         cells += [_cell(g.stats[m], len(g.runs), precision) for m in table.metrics]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -312,8 +315,8 @@ def to_csv(table: Table, path: Optional[Any] = None) -> str:
     writer.writerow([*table.columns, "n", "seeds", "runs"]
                     + [f"{m}_{s}" for m in table.metrics for s in ("mean", "std", "n")])
     for g in table.groups:
-        seeds = ";".join(_show(r.value(table.seed_key)) for r in g.runs)
-        row = [_show(g.values[c]) for c in table.columns] + [len(g.runs), seeds, ";".join(str(r.path) for r in g.runs)]
+        seeds = ";".join(show_value(r.value(table.seed_key)) for r in g.runs)
+        row = [show_value(g.values[c]) for c in table.columns] + [len(g.runs), seeds, ";".join(str(r.path) for r in g.runs)]
         for m in table.metrics:
             mean, std, n = g.stats[m]
             row += ["" if mean is None else repr(mean), "" if std is None else repr(std), n]

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from textdiff.cli.report import Table, _number, _show
+from textdiff.cli.report import Table, as_number, show_value
 
 
 def _safe(name: str) -> str:
@@ -22,7 +22,7 @@ def plot(table: Table, out_dir: Any) -> list[Path]:
     out, written = Path(out_dir), []
     out.mkdir(parents=True, exist_ok=True)
     for column in table.columns:
-        xs = [_number(g.values[column]) for g in table.groups]
+        xs = [as_number(g.values[column]) for g in table.groups]
         if any(x is None for x in xs) or len(set(xs)) < 2:
             continue
         others = [c for c in table.columns if c != column]
@@ -31,7 +31,7 @@ def plot(table: Table, out_dir: Any) -> list[Path]:
             for x, g in zip(xs, table.groups):
                 mean, std, _ = g.stats[metric]
                 if mean is not None:
-                    label = ", ".join(f"{c}={_show(g.values[c])}" for c in others)
+                    label = ", ".join(f"{c}={show_value(g.values[c])}" for c in others)
                     series.setdefault(label, []).append((x, mean, std or 0.0))
             if not series:
                 continue
