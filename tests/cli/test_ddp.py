@@ -38,3 +38,27 @@ def test_ddp_sim_ranks_see_disjoint_batches_and_the_checkpoint_reloads_alone(sha
     out = _run("sample", [f"run_dir={run_dir}", "num_samples=4", "nll_batches=0", "suffix=_one_process"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run_dir / "metrics_one_process.json").read_text())["num_sequences"] == 4
+
+
+def test_ddp_sim_trains_ld4lg_whose_null_vector_skips_self_conditioned_steps(shared_data, tmp_path):
+    """LD4LG's learned self-conditioning null vector takes no part in a self-conditioned step's loss: plain DDP
+    stops at such a step ("parameters that were not used in producing the loss"); textdiff-train turns on
+    find_unused_parameters for it. Four steps with p(self-cond) = 0.5 meet both kinds of step (seed 0)."""
+    from tests.helpers import save_ld4lg_assets
+
+    texts = (shared_data / "tatoeba_en" / "train.txt").read_text(encoding="utf-8").splitlines()[:300]
+    _, ae_ckpt = save_ld4lg_assets(tmp_path / "assets", texts)
+    run_dir = tmp_path / "run"
+    args = ["experiment=ld4lg_tatoeba_cpu", f"model.autoencoder_path={ae_ckpt}", "trainer=ddp_sim",
+            "trainer.max_steps=4", "data.max_train_examples=128", "data.max_eval_examples=16", "data.batch_size=8",
+            "model.denoiser.dim=32", "model.denoiser.depth=2", "model.denoiser.heads=2", "model.denoiser.max_len=4",
+            "model.denoiser.latent_dim=8", "trainer.limit_val_batches=1", "trainer.val_check_interval=4",
+            "callbacks.sample_and_score.every_n_validations=1000", "evaluate=false", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run_dir}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "textdiff.cli.train", *args], capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "find_unused_parameters=True" in out.stdout + out.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4 and bool(ckpt["state_dict"]["latent_stats_set"])

@@ -262,3 +262,113 @@ def test_ld4lg_rejects_mismatched_pieces(tmp_path):
     with pytest.raises(FileNotFoundError):
         LD4LG(LatentDenoiser(latent_dim=8, dim=32, depth=2, heads=2, max_len=4, num_skips=1), proc,
               autoencoder_path=str(tmp_path / "missing.ckpt"))
+
+
+# ----- optimizer groups -----
+def test_weight_decay_only_on_weight_matrices_as_the_official_optimizer():
+    model = _ld4lg(num_classes=3)
+    groups = model.optimizer_params()
+    assert [g["weight_decay"] for g in groups[1:]] == [0.0] and "weight_decay" not in groups[0]  # optimizer's wd
+    decayed, plain = ({id(p) for p in g["params"]} for g in groups)
+    assert len(decayed) == len(groups[0]["params"]) and len(plain) == len(groups[1]["params"])  # no repeats
+    assert not decayed & plain
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert decayed | plain == trainable  # nothing missing
+    assert not (decayed | plain) & {id(p) for p in model.autoencoder.parameters()}  # the frozen BART/AE left out
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim >= 2 or n == "denoiser.null_self_cond":  # official init_self_cond is (1, d): decayed there too
+            assert id(p) in decayed, n
+        else:
+            assert id(p) in plain, n
+    assert any(names[i].endswith("norm.weight") for i in plain) and any(names[i].endswith(".bias") for i in plain)
+    assert {"denoiser.class_emb.0.weight", "denoiser.pos.weight"} <= {names[i] for i in decayed}
+    opt = model.optimizer_factory(groups)  # the default factory: AdamW
+    assert [g["weight_decay"] for g in opt.param_groups] == [opt.defaults["weight_decay"], 0.0]
+    # None keeps the previous single group (other families' default)
+    flat = _ld4lg(no_decay_below_ndim=None).optimizer_params()
+    assert all(isinstance(p, torch.nn.Parameter) for p in flat)
+    # FSDP (use_orig_params=True) shows configure_optimizers 1-D views of the shards: the ndims noted at
+    # setup (before the strategy wraps the module) still decide
+    model.setup("fit")
+    for p in model.parameters():
+        p.data = p.data.reshape(-1)
+    again = model.optimizer_params()
+    assert [{id(p) for p in g["params"]} for g in again] == [decayed, plain]
+
+
+def test_param_groups_helper():
+    from textdiff.optim import param_groups
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2, bias=False))
+    net[0].bias.requires_grad_(False)
+    groups = param_groups(net, weight_decay=0.1)
+    assert groups[0]["weight_decay"] == 0.1 and [p.shape for p in groups[0]["params"]] == [(4, 3), (2, 4)]
+    assert groups[1]["weight_decay"] == 0.0 and [p.shape for p in groups[1]["params"]] == [(4,), (4,)]
+    assert len(param_groups(net, no_decay_below_ndim=3)) == 1  # every parameter is then undecayed
+    assert param_groups(net, decay=["1.weight", "absent"])[0]["params"][1] is net[1].weight
+    from textdiff.optim import clean_param_name
+
+    assert clean_param_name("denoiser.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.ff.proj_in.bias") == \
+        "denoiser.layers.0.ff.proj_in.bias"
+    ndims = {"0.weight": 2, "1.weight": 1, "1.bias": 1, "2.weight": 2}
+    for p in net.parameters():  # as FSDP's flattened views
+        p.data = p.data.reshape(-1)
+    blind = param_groups(net)
+    assert len(blind) == 1 and blind[0]["weight_decay"] == 0.0  # by p.ndim alone nothing would be decayed
+    seeing = param_groups(net, ndims=ndims)
+    assert seeing[0]["params"] == [net[0].weight, net[2].weight] and seeing[1]["params"] == [net[1].weight, net[1].bias]
+    tied = torch.nn.Linear(2, 2)
+    shared = torch.nn.ModuleList([tied, tied])
+    assert sum(len(g["params"]) for g in param_groups(shared)) == 2  # a shared parameter appears once
+
+
+# ----- latent statistics under DDP -----
+def _latent_stats_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same model on every rank, as DDP guarantees
+        model = _ld4lg().train()
+        b = _batch(n=8 - 3 * rank, seed=rank)  # ranks with different first batches (and sizes)
+        model.latents(b["ids"], b["mask"])
+        torch.save({k: getattr(model, k).clone() for k in ("latent_mean", "latent_scale", "latent_stats_set")},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_latent_statistics_are_the_same_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_latent_stats_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    torch.manual_seed(0)
+    model = _ld4lg().train()
+    z = torch.cat([model.autoencoder.encode(b["ids"], b["mask"]) for b in (_batch(n=8, seed=0), _batch(n=5, seed=1))])
+    flat = z.reshape(-1, TINY_AE["latent_dim"])
+    for r in (r0, r1):
+        assert bool(r["latent_stats_set"])
+        assert torch.allclose(r["latent_mean"], flat.mean(0), atol=1e-6)
+        assert torch.allclose(r["latent_scale"], (flat - flat.mean(0)).std(unbiased=False), atol=1e-6)
+    assert torch.equal(r0["latent_mean"], r1["latent_mean"]) and torch.equal(r0["latent_scale"], r1["latent_scale"])
+    # one process: the plain computation, bit for bit
+    b = _batch(n=8, seed=0)
+    model.latents(b["ids"], b["mask"])
+    one = model.autoencoder.encode(b["ids"], b["mask"]).reshape(-1, TINY_AE["latent_dim"])
+    assert torch.equal(model.latent_mean, one.mean(0))
+    assert torch.equal(model.latent_scale, (one - one.mean(0)).std(unbiased=False))
+
+
+def test_stage1_autoencoder_decays_only_its_weight_matrices():
+    """Stage 1 (official latent_finetuning.py) uses the same AdamW groups: the compression and reconstruction
+    networks' matrices decayed, their biases and LayerNorm gains not, the frozen BART in neither."""
+    ae = _ae()
+    decayed, plain = ({id(p) for p in g["params"]} for g in ae.optimizer_params())
+    trainable = {n: p for n, p in ae.named_parameters() if p.requires_grad}
+    assert trainable and decayed | plain == {id(p) for p in trainable.values()} and not decayed & plain
+    assert all((id(p) in decayed) == (p.ndim >= 2) for p in trainable.values())
+    assert not (decayed | plain) & {id(p) for p in ae.bart.parameters()}

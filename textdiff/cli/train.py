@@ -71,6 +71,20 @@ def _build_list(cfg: DictConfig, key: str) -> list[Any]:
     return [build(cfg, f"{key}.{name}") for name in node if OmegaConf.select(cfg, f"{key}.{name}") is not None]
 
 
+def _ddp_unused_parameters(model: Any, trainer: Any) -> None:
+    """Under DDP, turn on ``find_unused_parameters`` for a model that declares some parameters may take no part
+    in a step's loss (``ddp_find_unused_parameters = True``, e.g. LD4LG's self-conditioning null vector);
+    without it DDP stops at the second step. Other models keep DDP's faster default."""
+    from pytorch_lightning.strategies import DDPStrategy
+
+    if getattr(model, "ddp_find_unused_parameters", False) and isinstance(trainer.strategy, DDPStrategy):
+        kwargs = trainer.strategy._ddp_kwargs  # Lightning keeps the DistributedDataParallel kwargs here
+        if not kwargs.get("find_unused_parameters"):
+            kwargs["find_unused_parameters"] = True
+            log.info("DDP: find_unused_parameters=True (%s may leave parameters out of a step's loss)",
+                     type(model).__name__)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate) from a composed config; returns the metrics. Usable without ``@hydra.main``
     when ``paths.output_dir`` is set."""
@@ -103,6 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     loggers = _build_list(cfg, "logger")
     trainer = build(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    _ddp_unused_parameters(model, trainer)
     if cfg.get("global_batch_size"):
         if int(OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1)) != 1:
             raise ConfigError("set global_batch_size or trainer.accumulate_grad_batches, not both")

@@ -63,17 +63,28 @@ class TextModule(pl.LightningModule):
         lr_scheduler: optional factory ``optimizer -> LRScheduler``; if it takes ``total_steps`` and it
             is not bound, the trainer's estimated number of optimiser steps is passed.
         ema_decay: keep an EMA of the weights with this decay (None = off).
+        no_decay_below_ndim: give the optimizer two parameter groups, weight decay 0 for trainable
+            parameters with fewer dimensions than this (2: biases, LayerNorm gains; ``textdiff.optim.
+            param_groups``); None = one group, the optimizer's weight decay on every parameter.
     """
 
     #: True for models that generate from a source (``generate(src_ids, src_mask, ...)``).
     conditional: bool = False
+    #: True when some trainable parameters may take no part in a step's loss: ``textdiff-train`` then runs DDP
+    #: with ``find_unused_parameters=True`` (slower), as it must for such models.
+    ddp_find_unused_parameters: bool = False
+    #: parameter names decayed whatever their ndim when ``no_decay_below_ndim`` is set (see LD4LG).
+    decay_despite_ndim: tuple[str, ...] = ()
 
     def __init__(self, optimizer: Optional[OptimizerFactory] = None,
-                 lr_scheduler: Optional[SchedulerFactory] = None, ema_decay: Optional[float] = None) -> None:
+                 lr_scheduler: Optional[SchedulerFactory] = None, ema_decay: Optional[float] = None,
+                 no_decay_below_ndim: Optional[int] = None) -> None:
         super().__init__()
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-4))
         self.lr_scheduler_factory = lr_scheduler
         self.ema_decay = ema_decay
+        self.no_decay_below_ndim = None if no_decay_below_ndim is None else int(no_decay_below_ndim)
+        self._param_ndims: dict[str, int] = {}
 
     @abstractmethod
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
@@ -129,9 +140,28 @@ class TextModule(pl.LightningModule):
         for k, v in terms.items():
             self.log(f"val/{k}", v, prog_bar=(k == "loss"), batch_size=n, sync_dist=True)
 
+    def optimizer_params(self) -> Union[list[nn.Parameter], list[dict[str, Any]]]:
+        """What ``configure_optimizers`` hands the optimizer factory: the trainable parameters, or two
+        parameter groups (decayed / not) when ``no_decay_below_ndim`` is set."""
+        if self.no_decay_below_ndim is None:
+            return [p for p in self.parameters() if p.requires_grad]
+        from textdiff.optim import param_groups
+
+        return param_groups(self, no_decay_below_ndim=self.no_decay_below_ndim, decay=self.decay_despite_ndim,
+                            ndims=self._param_ndims)
+
+    def setup(self, stage: str) -> None:
+        """Notes every parameter's ndim before the strategy wraps the module (Lightning calls ``setup``
+        first): FSDP with ``use_orig_params=True`` then shows ``configure_optimizers`` flattened 1-D views,
+        which ``optimizer_params`` must not take for biases. A family overriding ``setup`` calls this."""
+        super().setup(stage)
+        from textdiff.optim import clean_param_name
+
+        seen = {clean_param_name(n): p.ndim for n, p in self.named_parameters()}
+        self._param_ndims = {**seen, **self._param_ndims}  # the first (unwrapped) record wins
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.optimizer_params())
         if self.lr_scheduler_factory is None:
             return optimizer
         kwargs = {}
@@ -168,7 +198,7 @@ class DiffusionModule(TextModule):
         process: the forward process (Gaussian or absorbing), from ``textdiff.core``.
         sampler: a factory ``(process=..., **overrides) -> Sampler`` (``functools.partial(Sampler, ...)``;
             Hydra ``_partial_: true``).
-        optimizer, lr_scheduler, ema_decay: see ``TextModule``.
+        optimizer, lr_scheduler, ema_decay, no_decay_below_ndim: see ``TextModule``.
         time_sampling: "uniform" or "antithetic" (stratified: u_i = (u + i/B) mod 1; Kingma et al. 2021).
         time_eps: smallest training time for continuous schedules (t ~ U[time_eps, 1]).
     """
@@ -182,8 +212,9 @@ class DiffusionModule(TextModule):
         time_sampling: Literal["uniform", "antithetic"] = "uniform",
         time_eps: float = 0.0,
         ema_decay: Optional[float] = None,
+        no_decay_below_ndim: Optional[int] = None,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler, ema_decay)
+        super().__init__(optimizer, lr_scheduler, ema_decay, no_decay_below_ndim)
         if time_sampling not in ("uniform", "antithetic"):
             raise ValueError(f"time_sampling must be 'uniform' or 'antithetic', got {time_sampling!r}")
         if not isinstance(process, (GaussianProcess, AbsorbingProcess)):

@@ -38,6 +38,13 @@ __all__ = ["OFFICIAL_GENERATE", "BartDenoiser", "LatentAutoencoder", "LD4LG"]
 log = logging.getLogger(__name__)
 
 
+def _world_size() -> int:
+    """torch.distributed's world size; 1 when it is unavailable or not initialised."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _pad_rows(rows: Sequence[Tensor], pad_id: int) -> Tensor:
     """Stack (n_i, L_i) id blocks into (sum n_i, max L_i), right-padded with ``pad_id``."""
     seqs = [r for block in rows for r in block.tolist()]
@@ -62,10 +69,26 @@ class LD4LG(DiffusionModule):
         seq2seq: condition on a source text through the frozen BART encoder (``generate(src_ids, src_mask)``).
         normalize_latents: standardise latents with the mean (per dim) and std (one scalar) of the first
             training batch (official ``--normalize_latent``); kept in buffers, so checkpoints carry them.
+            Under DDP/FSDP: of the union of the ranks' first batches, the same on every rank.
         loss_type: "l2" (official default) or "l1" (the paper's seq2seq setting) on the v target.
         generate_kwargs: BART ``generate`` settings for decoding samples (default ``OFFICIAL_GENERATE``).
+        no_decay_below_ndim: 2 (default) = the official AdamW groups: weight decay only on
+            parameters with ndim >= 2 (see ``decay_despite_ndim``); None = decay on every parameter.
         optimizer, lr_scheduler, time_sampling, time_eps, ema_decay: see ``DiffusionModule``.
     """
+
+    # Official (justinlovelace/latent-diffusion-for-language, diffusion/optimizer.py,
+    # separate_weight_decayable_params, used by get_adamw_optimizer in diffusion/text_denoising_diffusion.py
+    # and latent_models/latent_finetuning.py): no weight decay for params with ndim < 2 (biases, LayerNorm
+    # affine), decay for everything else, chosen by shape alone. The learned null vectors are therefore
+    # decayed there: the self-conditioning null ``init_self_cond`` is (1, latent_dim), the seq2seq null
+    # ``null_embedding_seq2seq`` an Embedding(1, dim), the null class a row of the class Embedding
+    # (model/diffusion_transformer.py). Ours has null_context (1, dim) and the class table 2-D as well, but
+    # null_self_cond is (latent_dim,): named here so it is decayed as in the official code.
+    decay_despite_ndim = ("denoiser.null_self_cond",)
+    # the null self-conditioning vector takes no part in a self-conditioned step's loss; the official trainer
+    # also runs DDP with find_unused_parameters=True
+    ddp_find_unused_parameters = True
 
     def __init__(self, denoiser: LatentDenoiser, process: GaussianProcess,
                  autoencoder: Union[LatentAutoencoder, str, None] = None, autoencoder_path: Optional[str] = None,
@@ -75,8 +98,10 @@ class LD4LG(DiffusionModule):
                  seq2seq: bool = False, normalize_latents: bool = True, loss_type: Literal["l2", "l1"] = "l2",
                  generate_kwargs: Optional[dict[str, Any]] = None, optimizer: Optional[OptimizerFactory] = None,
                  lr_scheduler: Optional[SchedulerFactory] = None, time_sampling: str = "uniform",
-                 time_eps: float = 0.0, ema_decay: Optional[float] = None) -> None:
-        super().__init__(process, sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay)
+                 time_eps: float = 0.0, ema_decay: Optional[float] = None,
+                 no_decay_below_ndim: Optional[int] = 2) -> None:
+        super().__init__(process, sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay,
+                         no_decay_below_ndim)
         if not isinstance(process, GaussianProcess):
             raise TypeError(f"LD4LG needs a GaussianProcess, got {type(process).__name__}")
         if self.num_train_steps:
@@ -137,12 +162,31 @@ class LD4LG(DiffusionModule):
                 log.warning("latent statistics are not set yet (no training batch seen): using mean 0, scale 1")
             else:  # official: from the first batch; mean per dim, one std (biased) for all dims
                 flat = z.reshape(-1, z.shape[-1])
-                self.latent_mean.copy_(flat.mean(0))
-                self.latent_scale.copy_((flat - self.latent_mean).std(unbiased=False))
+                if _world_size() > 1:
+                    self._set_latent_stats_distributed(flat)
+                else:
+                    self.latent_mean.copy_(flat.mean(0))
+                    self.latent_scale.copy_((flat - self.latent_mean).std(unbiased=False))
                 self.latent_stats_set.fill_(True)
                 log.info("latent normalisation set from the first batch: |mean| %.3f, scale %.3f",
                          float(self.latent_mean.norm()), float(self.latent_scale))
         return (z - self.latent_mean) / self.latent_scale
+
+    def _set_latent_stats_distributed(self, flat: Tensor) -> None:
+        """Mean and scale over the union of every rank's first batch (flat: (n_rank, d)), identical on
+        all ranks. Without it each rank would keep the statistics of its own batch (DDP's
+        ``broadcast_buffers`` copies rank 0's buffers only before later forwards, FSDP not at all).
+        Two all-reduces in float64: sums and counts, then the squared deviations from the global mean."""
+        import torch.distributed as dist
+
+        x = flat.double()
+        head = torch.cat([x.sum(0), x.new_tensor([x.shape[0]])])
+        dist.all_reduce(head)
+        mean = head[:-1] / head[-1]
+        sq = ((x - mean) ** 2).sum().reshape(1)
+        dist.all_reduce(sq)
+        self.latent_mean.copy_(mean)
+        self.latent_scale.copy_((sq / (head[-1] * x.shape[1])).sqrt().squeeze(0))
 
     def unnormalize(self, x: Tensor) -> Tensor:
         """Back to the autoencoder's latent space: x * scale + mean, (B, N, d)."""

@@ -170,6 +170,8 @@ class LatentAutoencoder(TextModule):
         l2_normalize: rescale each latent to norm sqrt(latent_dim) (``--l2_normalize_latent``).
         freeze_bart: keep BART's weights fixed (and in eval mode) — the paper's setting.
         generate_kwargs: BART ``generate`` settings (default ``OFFICIAL_GENERATE``).
+        no_decay_below_ndim: 2 (default) = the official AdamW groups of latent_finetuning.py (no weight
+            decay on biases / LayerNorm gains, ndim < 2); None = decay on every trainable parameter.
         optimizer, lr_scheduler, ema_decay: see ``TextModule``.
     """
 
@@ -180,8 +182,8 @@ class LatentAutoencoder(TextModule):
                  max_seq_len: int = 64, l2_normalize: bool = True, freeze_bart: bool = True,
                  generate_kwargs: Optional[dict[str, Any]] = None, bart_path: Optional[str] = None,
                  optimizer: Optional[OptimizerFactory] = None, lr_scheduler: Optional[SchedulerFactory] = None,
-                 ema_decay: Optional[float] = None) -> None:
-        super().__init__(optimizer, lr_scheduler, ema_decay)
+                 ema_decay: Optional[float] = None, no_decay_below_ndim: Optional[int] = 2) -> None:
+        super().__init__(optimizer, lr_scheduler, ema_decay, no_decay_below_ndim)
         if (bart is None) == (bart_path is None):
             raise ValueError("give the BART as exactly one of `bart` and `bart_path` (a stage-0 export "
                              "directory <run>/bart, or a hub name such as facebook/bart-base)")
