@@ -10,7 +10,8 @@
 #      LD4LG seq2seq)                                                     -> $OUT/table/{0..6}
 #   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
 #   5. textdiff-report: $OUT/report_text (references alone), $OUT/report_d2t (data-to-text), $OUT/report_steps
-# Usage: experiments/compare/e2e_cpu.sh [OUT] ; SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps.
+# Usage: experiments/compare/e2e_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
+# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps.
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
 BIN=${BIN:-.venv/bin}
@@ -20,8 +21,8 @@ common=(trainer.enable_progress_bar=false)
 if [ -z "${SKIP_PREP:-}" ]; then
   "$BIN/textdiff-train" experiment=compare_e2e_ar_cpu compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder=null \
     trainer.max_steps=0 evaluate=false logger=csv hydra.run.dir="$OUT/tokenizer_run" "${common[@]}"
-  "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 data.tokenizer_path="$OUT/tokenizer" \
-    hydra.run.dir="$OUT/judge" "${common[@]}"
+  [ -n "${JUDGE:-}" ] || "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 \
+    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
   stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" eval.num_samples=200)
   "$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu "${stage[@]}" data.tokenizer_path="$OUT/tokenizer" \
     hydra.run.dir="$OUT/bart" "${common[@]}"
@@ -29,7 +30,7 @@ if [ -z "${SKIP_PREP:-}" ]; then
     hydra.run.dir="$OUT/ae" "${common[@]}"
 fi
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # LD4LG reads the vocabulary from its stage-1 run
-"$BIN/textdiff-train" -m ablation=compare_e2e_cpu compare.steps="$STEPS" compare.judge="$OUT/judge" \
+"$BIN/textdiff-train" -m ablation=compare_e2e_cpu compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
   hydra.sweep.dir="$OUT/table" "${common[@]}"
 text=() d2t=()

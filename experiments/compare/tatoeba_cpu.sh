@@ -8,7 +8,8 @@
 #      DiffusionBERT, LD4LG), same data, tokenizer, steps x batch and evaluation  -> $OUT/table/{0,1,2,3}
 #   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
 #   5. textdiff-report: $OUT/report (quality and cost) and $OUT/report_steps (K sweep)
-# Usage: experiments/compare/tatoeba_cpu.sh [OUT] ; SKIP_PREP=1 reuses steps 1-2; STEPS= overrides compare.steps.
+# Usage: experiments/compare/tatoeba_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
+# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 1-2; STEPS= overrides compare.steps.
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
 BIN=${BIN:-.venv/bin}
@@ -16,7 +17,7 @@ STEPS=${STEPS:-1000}
 KS=${KS:-10,50,200}
 common=(trainer.enable_progress_bar=false)
 if [ -z "${SKIP_PREP:-}" ]; then
-  "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
+  [ -n "${JUDGE:-}" ] || "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS" eval.num_samples=200 \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/bart" "${common[@]}"
@@ -25,7 +26,7 @@ if [ -z "${SKIP_PREP:-}" ]; then
 fi
 # every entrant must read the same vocabulary (LD4LG reads it from its autoencoder run)
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
-"$BIN/textdiff-train" -m ablation=compare_tatoeba_cpu compare.steps="$STEPS" compare.judge="$OUT/judge" \
+"$BIN/textdiff-train" -m ablation=compare_tatoeba_cpu compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
   hydra.sweep.dir="$OUT/table" "${common[@]}"
 for run in "$OUT"/table/*/; do
