@@ -33,6 +33,7 @@ _EXPORTS = {
     # DataModules (import Lightning)
     "TextDataModule": "textdiff.data.datamodule",
     "Seq2SeqDataModule": "textdiff.data.seq2seq",
+    "StreamingTextDataModule": "textdiff.data.streaming",
     "collate": "textdiff.data.datamodule",
     # corpus statistics (spindle token weights, length histogram)
     "token_counts": "textdiff.data.word_freq",
