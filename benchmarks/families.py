@@ -1,6 +1,6 @@
 """Speed and memory of each family at its CPU preset: one JSON per family, ``<family>_<device>[_quick].json``.
 
-    python -m benchmarks.families --family difformer [--quick] [--device cpu|cuda] [--no-compile] [--out DIR]
+    python -m benchmarks.families --family difformer [--quick] [--device cpu|cuda] [--no-compile] [--no-bf16] [--out DIR]
 
 (``python -m benchmarks.run`` runs this once per family, each in a fresh process, so that peak memory and
 ``torch.compile`` caches do not carry over from one family to the next.)
@@ -468,7 +468,7 @@ def preset_info(spec: FamilySpec, cfg: Any, model: Any, settings: Settings) -> d
     }
 
 
-def run_family(name: str, device: str, quick: bool = False, with_compile: bool = True) -> dict:
+def run_family(name: str, device: str, quick: bool = False, with_compile: bool = True, with_bf16: bool = True) -> dict:
     """Every entry of one family; returns the JSON document (see the module docstring)."""
     spec = FAMILIES[name]
     settings = QUICK if quick else FULL
@@ -486,6 +486,9 @@ def run_family(name: str, device: str, quick: bool = False, with_compile: bool =
     for kind in ENTRIES:
         if kind == "compile" and not with_compile:
             doc["entries"][kind] = {"kind": kind, "skipped": "--no-compile"}
+            continue
+        if kind == "bf16_autocast" and not with_bf16:
+            doc["entries"][kind] = {"kind": kind, "skipped": "--no-bf16"}
             continue
         doc["entries"][kind] = run_entry(spec, kind, device, settings)
     doc["seconds"] = time.perf_counter() - start
@@ -515,6 +518,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps and calls (a smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile entry")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast entry (slow on CPUs without bf16 units)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -523,7 +527,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         fresh = tempfile.mkdtemp(prefix="textdiff-bench-inductor-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
     try:
-        doc = run_family(args.family, args.device, quick=args.quick, with_compile=not args.no_compile)
+        doc = run_family(args.family, args.device, quick=args.quick, with_compile=not args.no_compile,
+                         with_bf16=not args.no_bf16)
     finally:
         if fresh:
             shutil.rmtree(fresh, ignore_errors=True)

@@ -26,7 +26,7 @@ textdiff with a hand-written PyTorch loop on the Diffusion-LM CPU preset:
 (c) peak memory: process peak RSS (and CUDA peak allocation on a GPU) during (a) and (b).
 
     python -m benchmarks.run [--families all|diffusion_lm,difformer,diffusion_bert,ld4lg,ar] [--quick]
-                             [--device cpu|cuda] [--no-compile] [--no-comparison] [--out benchmarks/results]
+                             [--device cpu|cuda] [--no-compile] [--no-bf16] [--no-comparison] [--out benchmarks/results]
 
 ``--quick`` is a smoke run (a few steps, small batches; ``*_quick.json``) for tests and CI, not a measurement.
 """
@@ -232,6 +232,7 @@ def run_family_process(name: str, args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "benchmarks.families", "--family", name, "--device", args.device, "--out", args.out]
     cmd += ["--quick"] if args.quick else []
     cmd += ["--no-compile"] if args.no_compile else []
+    cmd += ["--no-bf16"] if args.no_bf16 else []
     print(f"== {name}", flush=True)
     return subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1]).returncode
 
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few steps and calls: a smoke run (*_quick.json)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile entries (slow to compile on CPU)")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="skip the bf16 autocast entries (7-15x slower than fp32 on CPUs without bf16 units)")
     ap.add_argument("--no-comparison", action="store_true",
                     help="skip the Diffusion-LM Lightning-vs-plain-PyTorch comparison")
     ap.add_argument("--out", default=str(RESULTS))

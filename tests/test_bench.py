@@ -234,3 +234,11 @@ def test_train_with_compile_and_bf16_mixed(shared_data, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 3
     assert not any("_orig_mod" in k for k in ckpt["state_dict"])
+
+
+def test_no_bf16_skips_that_entry_only():
+    from benchmarks import families
+
+    doc = families.run_family("diffusion_lm", "cpu", quick=True, with_compile=False, with_bf16=False)
+    assert doc["entries"]["bf16_autocast"] == {"kind": "bf16_autocast", "skipped": "--no-bf16"}
+    _check_entry(doc["entries"]["eager"], "diffusion_lm", doc["settings"]["ks"])
