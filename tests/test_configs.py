@@ -73,7 +73,9 @@ def dlm_run(tmp_path_factory, shared_data):
 def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets, dlm_run):
     overrides = [f"model.diffusion_path={dlm_run}"] if experiment.endswith(("_control_cpu", "_length_cpu")) else []
     if experiment.startswith("compare_"):  # the comparison's shared tokenizer and LD4LG autoencoder
-        overrides += [f"compare.tokenizer={tmp_path / 'tokenizer'}", f"compare.ld4lg_autoencoder={ld4lg_assets[1]}"]
+        ae_ckpt = Path(ld4lg_assets[1])  # <run>/checkpoints/last.ckpt; LD4LG needs its BART's tokenizer <run>/tokenizer
+        tok = ae_ckpt.parent.parent / "tokenizer" if "ld4lg" in experiment else tmp_path / "tokenizer"
+        overrides += [f"compare.tokenizer={tok}", f"compare.ld4lg_autoencoder={ae_ckpt}"]
         overrides += ["model.denoiser.latent_dim=8", "model.denoiser.max_len=4"] if "ld4lg" in experiment else []
         overrides += ["model.denoiser.context_dim=32"] if "seq2seq" in experiment else []  # the stand-in's d_model
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50",
@@ -210,16 +212,20 @@ def test_comparison_entrants_share_one_budget(table, families):
     for name in entrants:
         cfg = _compose([f"experiment={name}", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer",
                         "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
-        if "ld4lg" in name:  # LD4LG reads the tokenizer saved beside its stage-1 run (the script checks it is the shared one)
-            assert cfg.data.tokenizer_path == "/cmp/ae/tokenizer"
-            cfg.data.tokenizer_path = "/cmp/tokenizer"
         seen[name] = tuple(OmegaConf.select(cfg, k) for k in keys)
         found.add(cfg.model._target_.split(".")[-1])
         assert cfg.task_name == name
     assert found == families
     assert len(set(seen.values())) == 1, seen
     assert dict(zip(keys, next(iter(seen.values()))))["eval.lm"] == "/judge"
+    # the multirun: its config is first composed without the swept experiment, so compare.* must exist there;
+    # then each job adds one entrant, and the ablation's budget agrees with the entrant's
+    sweep = [f"ablation=compare_{table}_cpu", "compare.steps=7", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"ablation=compare_{table}_cpu"], return_hydra_config=True)
-    assert cfg.hydra.sweeper.params.experiment == f"glob(compare_{table}_*_cpu)"
+        cfg = compose(config_name="train", overrides=sweep, return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.experiment == f"glob(compare_{table}_*_cpu)" and cfg.trainer.max_steps == 7
+    for name in entrants:
+        cfg = _compose([*sweep, f"experiment={name}", "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
+        assert (cfg.trainer.max_steps, cfg.data.tokenizer_path, cfg.eval.lm) == (7, "/cmp/tokenizer", "/judge")
+        assert cfg.task_name == name
