@@ -75,7 +75,8 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
     if experiment.startswith("compare_"):  # the comparison's shared tokenizer and LD4LG autoencoder
         ae_ckpt = Path(ld4lg_assets[1])  # <run>/checkpoints/last.ckpt; LD4LG needs its BART's tokenizer <run>/tokenizer
         tok = ae_ckpt.parent.parent / "tokenizer" if "ld4lg" in experiment else tmp_path / "tokenizer"
-        overrides += [f"compare.tokenizer={tok}", f"compare.ld4lg_autoencoder={ae_ckpt}"]
+        table = experiment.split("_")[1]
+        overrides += [f"compare={table}_cpu", f"compare.tokenizer={tok}", f"compare.ld4lg_autoencoder={ae_ckpt}"]
         overrides += ["model.denoiser.latent_dim=8", "model.denoiser.max_len=4"] if "ld4lg" in experiment else []
         overrides += ["model.denoiser.context_dim=32"] if "seq2seq" in experiment else []  # the stand-in's d_model
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50",
@@ -210,7 +211,7 @@ def test_comparison_entrants_share_one_budget(table, families):
             "eval.num_samples", "eval.seed", "eval.lm", "seed")
     seen, found = {}, set()
     for name in entrants:
-        cfg = _compose([f"experiment={name}", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer",
+        cfg = _compose([f"experiment={name}", f"compare={table}_cpu", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer",
                         "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
         seen[name] = tuple(OmegaConf.select(cfg, k) for k in keys)
         found.add(cfg.model._target_.split(".")[-1])
