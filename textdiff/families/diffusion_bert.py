@@ -117,6 +117,7 @@ class DiffusionBERT(DiffusionModule):
         self.length_counts = length_counts(seqs, self.max_len, self.pad_id).to(self.device)
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # notes parameter shapes (weight-decay groups under FSDP)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         have = self.length_counts.numel() > 0 and (not self.spindle or self.process.schedule.token_weight.numel() > 0)
         if stage != "fit" or have or dm is None:
