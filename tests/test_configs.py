@@ -75,8 +75,8 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
     if experiment.startswith("compare_"):  # the comparison's shared tokenizer and LD4LG autoencoder
         ae_ckpt = Path(ld4lg_assets[1])  # <run>/checkpoints/last.ckpt; LD4LG needs its BART's tokenizer <run>/tokenizer
         tok = ae_ckpt.parent.parent / "tokenizer" if "ld4lg" in experiment else tmp_path / "tokenizer"
-        table = experiment.split("_")[1]
-        overrides += [f"compare={table}_cpu", f"compare.tokenizer={tok}", f"compare.ld4lg_autoencoder={ae_ckpt}"]
+        table, scale = experiment.split("_")[1], experiment.rsplit("_", 1)[1]
+        overrides += [f"compare={table}_{scale}", f"compare.tokenizer={tok}", f"compare.ld4lg_autoencoder={ae_ckpt}"]
         overrides += ["model.denoiser.latent_dim=8", "model.denoiser.max_len=4"] if "ld4lg" in experiment else []
         overrides += ["model.denoiser.context_dim=32"] if "seq2seq" in experiment else []  # the stand-in's d_model
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50",
@@ -197,21 +197,22 @@ def test_difformer_variants_build(variant, shared_data, tmp_path):
         next((k for k in ("no_anchor", "dlm") if k in variant), ""), "anchor")
 
 
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
 @pytest.mark.parametrize("table,families", [
     ("tatoeba", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG"}),
     ("e2e", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "Difformer"}),
 ])
-def test_comparison_entrants_share_one_budget(table, families):
+def test_comparison_entrants_share_one_budget(table, families, scale):
     """Every entrant of a cross-family comparison table trains and is scored under the same budget: data,
     tokenizer, optimizer steps x batch, evaluation and judge; only the model (and, on E2E, whether the MR is
-    given) differs. One multirun (ablation=compare_<table>_cpu) runs them all."""
-    entrants = sorted(p.stem for p in (CONF_DIR / "experiment").glob(f"compare_{table}_*_cpu.yaml"))
+    given) differs. One multirun (ablation=compare_<table>_<scale>) runs them all."""
+    entrants = sorted(p.stem for p in (CONF_DIR / "experiment").glob(f"compare_{table}_*_{scale}.yaml"))
     keys = ("data.train_path", "data.max_len", "data.batch_size", "data.tokenizer_path", "data.tokenizer.min_count",
             "data.tokenizer.add_mask_token", "trainer.max_steps", "trainer.accumulate_grad_batches", "eval.split",
-            "eval.num_samples", "eval.seed", "eval.lm", "seed")
+            "eval.num_samples", "eval.seed", "eval.lm", "seed", "trainer.accelerator", "trainer.precision")
     seen, found = {}, set()
     for name in entrants:
-        cfg = _compose([f"experiment={name}", f"compare={table}_cpu", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer",
+        cfg = _compose([f"experiment={name}", f"compare={table}_{scale}", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer",
                         "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
         seen[name] = tuple(OmegaConf.select(cfg, k) for k in keys)
         found.add(cfg.model._target_.split(".")[-1])
@@ -221,11 +222,11 @@ def test_comparison_entrants_share_one_budget(table, families):
     assert dict(zip(keys, next(iter(seen.values()))))["eval.lm"] == "/judge"
     # the multirun: its config is first composed without the swept experiment, so compare.* must exist there;
     # then each job adds one entrant, and the ablation's budget agrees with the entrant's
-    sweep = [f"ablation=compare_{table}_cpu", "compare.steps=7", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer"]
+    sweep = [f"ablation=compare_{table}_{scale}", "compare.steps=7", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=sweep, return_hydra_config=True)
-    assert cfg.hydra.sweeper.params.experiment == f"glob(compare_{table}_*_cpu)" and cfg.trainer.max_steps == 7
+    assert cfg.hydra.sweeper.params.experiment == f"glob(compare_{table}_*_{scale})" and cfg.trainer.max_steps == 7
     for name in entrants:
         cfg = _compose([*sweep, f"experiment={name}", "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
         assert (cfg.trainer.max_steps, cfg.data.tokenizer_path, cfg.eval.lm) == (7, "/cmp/tokenizer", "/judge")

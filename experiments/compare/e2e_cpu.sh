@@ -11,28 +11,38 @@
 #   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
 #   5. textdiff-report: $OUT/report_text (references alone), $OUT/report_d2t (data-to-text), $OUT/report_steps
 # Usage: experiments/compare/e2e_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
-# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps.
+# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps;
+# SCALE=gpu runs the GPU-scale table (conf/compare/e2e_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
 BIN=${BIN:-.venv/bin}
-STEPS=${STEPS:-1000}
+SCALE=${SCALE:-cpu}
+if [ "$SCALE" = gpu ]; then
+  STEPS=${STEPS:-20000}
+  common=(trainer.enable_progress_bar=false trainer=gpu data.batch_size=128)
+  bart=(model.bart.d_model=768 model.bart.encoder_layers=6 model.bart.decoder_layers=6 model.bart.encoder_attention_heads=12
+        model.bart.decoder_attention_heads=12 model.bart.encoder_ffn_dim=3072 model.bart.decoder_ffn_dim=3072)
+else
+  STEPS=${STEPS:-1000}
+  common=(trainer.enable_progress_bar=false)
+  bart=()
+fi
 KS=${KS:-10,50,200}
-common=(trainer.enable_progress_bar=false)
 if [ -z "${SKIP_PREP:-}" ]; then
-  "$BIN/textdiff-train" experiment=compare_e2e_ar_cpu compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder=null \
+  "$BIN/textdiff-train" experiment=compare_e2e_ar_cpu compare=e2e_cpu compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder=null \
     trainer.max_steps=0 evaluate=false logger=csv hydra.run.dir="$OUT/tokenizer_run" "${common[@]}"
   [ -n "${JUDGE:-}" ] || "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
   stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" eval.num_samples=200)
   "$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu "${stage[@]}" data.tokenizer_path="$OUT/tokenizer" \
-    hydra.run.dir="$OUT/bart" "${common[@]}"
+    hydra.run.dir="$OUT/bart" "${common[@]}" "${bart[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_ae_e2e_cpu "${stage[@]}" model.bart_path="$OUT/bart/bart" \
     hydra.run.dir="$OUT/ae" "${common[@]}"
 fi
-cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # LD4LG reads the vocabulary from its stage-1 run
-"$BIN/textdiff-train" -m ablation=compare_e2e_cpu compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
+cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # the BART was trained on the shared vocabulary
+"$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
-  hydra.sweep.dir="$OUT/table" "${common[@]}"
+  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false
 text=() d2t=()
 for run in "$OUT"/table/*/; do
   if grep -q Seq2SeqDataModule "$run/config.yaml"; then d2t+=("$run"); else text+=("$run"); fi

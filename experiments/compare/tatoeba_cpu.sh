@@ -9,26 +9,36 @@
 #   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
 #   5. textdiff-report: $OUT/report (quality and cost) and $OUT/report_steps (K sweep)
 # Usage: experiments/compare/tatoeba_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
-# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 1-2; STEPS= overrides compare.steps.
+# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 1-2; STEPS= overrides compare.steps;
+# SCALE=gpu runs the GPU-scale table (conf/compare/tatoeba_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
 BIN=${BIN:-.venv/bin}
-STEPS=${STEPS:-1000}
+SCALE=${SCALE:-cpu}
+if [ "$SCALE" = gpu ]; then
+  STEPS=${STEPS:-20000}
+  common=(trainer.enable_progress_bar=false trainer=gpu data.batch_size=128)
+  bart=(model.bart.d_model=768 model.bart.encoder_layers=6 model.bart.decoder_layers=6 model.bart.encoder_attention_heads=12
+        model.bart.decoder_attention_heads=12 model.bart.encoder_ffn_dim=3072 model.bart.decoder_ffn_dim=3072)
+else
+  STEPS=${STEPS:-1000}
+  common=(trainer.enable_progress_bar=false)
+  bart=()
+fi
 KS=${KS:-10,50,200}
-common=(trainer.enable_progress_bar=false)
 if [ -z "${SKIP_PREP:-}" ]; then
   [ -n "${JUDGE:-}" ] || "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS" eval.num_samples=200 \
-    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/bart" "${common[@]}"
+    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/bart" "${common[@]}" "${bart[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_ae_tatoeba_cpu model.bart_path="$OUT/bart/bart" trainer.max_steps="$STEPS" \
     eval.num_samples=200 hydra.run.dir="$OUT/ae" "${common[@]}"
 fi
-# every entrant must read the same vocabulary (LD4LG reads it from its autoencoder run)
+# LD4LG reads the shared tokenizer like every entrant: its BART must have been trained on it
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
-"$BIN/textdiff-train" -m ablation=compare_tatoeba_cpu compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
+"$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
-  hydra.sweep.dir="$OUT/table" "${common[@]}"
+  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false
 for run in "$OUT"/table/*/; do
   grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrant has no K
   for k in ${KS//,/ }; do
