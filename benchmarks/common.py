@@ -1,6 +1,7 @@
 """What the benchmarks share: machine description, device sync, a wall clock and a peak-memory probe."""
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import threading
@@ -14,10 +15,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine(device: str) -> dict:
-    """Python/torch versions, platform, processor, intra-op threads and device (GPU name on cuda)."""
+    """Python/torch versions, platform, processor, CPU count, intra-op threads, device (GPU name on cuda), and the
+    1-minute load average when measured: a load above the CPU count means other jobs shared the cores and the
+    timings are upper bounds."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "device": device}
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "device": device}
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

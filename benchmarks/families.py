@@ -492,6 +492,8 @@ def run_family(name: str, device: str, quick: bool = False, with_compile: bool =
             continue
         doc["entries"][kind] = run_entry(spec, kind, device, settings)
     doc["seconds"] = time.perf_counter() - start
+    if hasattr(os, "getloadavg"):  # with machine()'s value at the start: was the machine shared meanwhile?
+        doc["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     return doc
 
 
