@@ -16,18 +16,7 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
 BIN=${BIN:-.venv/bin}
-SCALE=${SCALE:-cpu}
-if [ "$SCALE" = gpu ]; then
-  STEPS=${STEPS:-20000}
-  common=(trainer.enable_progress_bar=false trainer=gpu data.batch_size=128)
-  bart=(model.bart.d_model=768 model.bart.encoder_layers=6 model.bart.decoder_layers=6 model.bart.encoder_attention_heads=12
-        model.bart.decoder_attention_heads=12 model.bart.encoder_ffn_dim=3072 model.bart.decoder_ffn_dim=3072)
-else
-  STEPS=${STEPS:-1000}
-  common=(trainer.enable_progress_bar=false)
-  bart=()
-fi
-KS=${KS:-10,50,200}
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, common, bart
 if [ -z "${SKIP_PREP:-}" ]; then
   "$BIN/textdiff-train" experiment=compare_e2e_ar_cpu compare=e2e_cpu compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder=null \
     trainer.max_steps=0 evaluate=false logger=csv hydra.run.dir="$OUT/tokenizer_run" "${common[@]}"

@@ -14,18 +14,7 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
 BIN=${BIN:-.venv/bin}
-SCALE=${SCALE:-cpu}
-if [ "$SCALE" = gpu ]; then
-  STEPS=${STEPS:-20000}
-  common=(trainer.enable_progress_bar=false trainer=gpu data.batch_size=128)
-  bart=(model.bart.d_model=768 model.bart.encoder_layers=6 model.bart.decoder_layers=6 model.bart.encoder_attention_heads=12
-        model.bart.decoder_attention_heads=12 model.bart.encoder_ffn_dim=3072 model.bart.decoder_ffn_dim=3072)
-else
-  STEPS=${STEPS:-1000}
-  common=(trainer.enable_progress_bar=false)
-  bart=()
-fi
-KS=${KS:-10,50,200}
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, common, bart
 if [ -z "${SKIP_PREP:-}" ]; then
   [ -n "${JUDGE:-}" ] || "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
