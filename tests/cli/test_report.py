@@ -127,6 +127,15 @@ def test_metrics_file_suffix_and_glob(tmp_path):
     assert ("a", 10, "metrics_k5.json") in [tuple(g.values.values()) for g in table.groups]
 
 
+def test_string_columns_sort_in_natural_order(tmp_path):
+    """A K sweep written by textdiff-sample (metrics_k10/_k50/_k200.json) lists K = 10, 50, 200, not 10, 200, 50."""
+    run = make_run(tmp_path / "run", ["experiment=tiny"], {"task_name": "tiny"}, {"bleu": 1.0})
+    for k in (200, 10, 50):
+        (run / f"metrics_k{k}.json").write_text(json.dumps({"bleu": float(k)}))
+    table = summarize(collect_runs([run], metrics_file="metrics_k*.json"), metrics=["bleu"], group_by=["metrics_file"])
+    assert [g.values["metrics_file"] for g in table.groups] == ["metrics_k10.json", "metrics_k50.json", "metrics_k200.json"]
+
+
 def test_runs_without_overrides_use_the_config_keys_that_differ(tmp_path):
     for name, lr, seed, bleu in [("x", 0.1, 0, 1.0), ("y", 0.1, 1, 3.0), ("z", 0.01, 0, 8.0)]:
         make_run(tmp_path / "runs" / name, None, {"seed": seed, "optim": {"lr": lr}, "dim": 8}, {"bleu": bleu})

@@ -240,7 +240,8 @@ def show_value(value: Any) -> str:
 
 def _sort_key(value: Any) -> tuple:
     number = as_number(value)
-    return (0, 0.0, "") if value is None else (1, number, "") if number is not None else (2, 0.0, show_value(value))
+    # strings in natural order: metrics_k10 < metrics_k50 < metrics_k200
+    return (0, 0.0, []) if value is None else (1, number, []) if number is not None else (2, 0.0, _natural(show_value(value)))
 
 
 def _stats(values: list[float]) -> tuple[Optional[float], Optional[float], int]:
