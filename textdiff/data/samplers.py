@@ -23,6 +23,13 @@ from torch.utils.data import DistributedSampler
 logger = logging.getLogger("textdiff.data")
 
 
+def process_position() -> tuple[int, int]:
+    """(rank, world size) of this process in ``torch.distributed``; (0, 1) when it is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class ResumableSampler(DistributedSampler):
     """Shuffled indices of ``dataset`` for one rank, reproducible from ``(seed, epoch)`` and able to
     start in the middle of an epoch.
@@ -40,11 +47,9 @@ class ResumableSampler(DistributedSampler):
 
     def __init__(self, dataset: Sized, seed: int, shuffle: bool = True,
                  num_replicas: Optional[int] = None, rank: Optional[int] = None) -> None:
-        distributed = dist.is_available() and dist.is_initialized()
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if distributed else 1
-        if rank is None:
-            rank = dist.get_rank() if distributed else 0
+        here, world = process_position()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = here if rank is None else rank
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=False)
         self._resume_at: Optional[tuple[int, int]] = None  # (epoch, examples of this rank to skip)

@@ -319,13 +319,14 @@ def parse_mr(mr: str, where: str = "meaning representation") -> dict[str, str]:
 # -- over-long examples (used by the DataModules) ------------------------------------------
 def fit_length(
     seqs: Sequence[list[int]], max_len: int, overflow: str, eos_id: int | None, where: str,
-    limit_name: str = "max_len",
+    limit_name: str = "max_len", indices: Sequence[int] | None = None, log: bool = True,
 ) -> tuple[list[list[int] | None], int]:
     """Apply the overflow policy to framed sequences (each (n_i,), BOS/EOS already added).
 
     ``"truncate"`` keeps the first ``max_len - 1`` tokens then ``eos_id`` (the first ``max_len``
     when ``eos_id`` is None); ``"drop"`` puts None in that slot; ``"error"`` raises a DataError
-    naming ``where`` and the 0-based example index.
+    naming ``where`` and the 0-based example index (``indices[i]`` when given: the examples' positions
+    in their split, for a batch of a stream). ``log=False`` leaves the count to the caller.
 
     Returns:
         (sequences with None for dropped ones, number of over-long examples).
@@ -334,13 +335,14 @@ def fit_length(
     over = [i for i, seq in enumerate(seqs) if len(seq) > max_len]
     for i in over:
         if overflow == "error":
+            index = i if indices is None else indices[i]
             raise DataError(
-                f"{where}: example index {i} has {len(seqs[i])} tokens, more than {limit_name}="
+                f"{where}: example index {index} has {len(seqs[i])} tokens, more than {limit_name}="
                 f"{max_len} (overflow='error'; use 'truncate' or 'drop', or raise {limit_name})"
             )
         cut = seqs[i][: max_len - 1] + [eos_id] if eos_id is not None else seqs[i][:max_len]
         out[i] = None if overflow == "drop" else cut
-    if over:
+    if over and log:
         logger.warning(
             "%s: %d of %d examples (%.2f%%) are longer than %s=%d tokens and were %s",
             where, len(over), len(seqs), 100.0 * len(over) / len(seqs), limit_name, max_len,

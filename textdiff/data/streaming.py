@@ -26,12 +26,12 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from textdiff.data.datamodule import TextDataModule
+from textdiff.data.samplers import process_position
 from textdiff.data.sources import (
-    DataError, DataFileNotFoundError, _get_field, detect_format, target_references, target_text,
+    DataError, DataFileNotFoundError, _get_field, detect_format, fit_length, target_references, target_text,
 )
 from textdiff.data.tokenizers import Tokenizer
 
@@ -153,28 +153,25 @@ class TokenStream(IterableDataset):
         ds.set_epoch(epoch)  # on the final dataset: derived datasets start at epoch 0
         return ds
 
+    def _framed(self, ids: list[int]) -> list[int]:
+        return [self.tokenizer.bos_id, *ids, self.tokenizer.eos_id] if self.add_bos_eos else list(ids)
+
     def _frame(self, value: Any) -> list[int]:
-        ids = self.tokenizer.encode(target_text(value))
-        return [self.tokenizer.bos_id, *ids, self.tokenizer.eos_id] if self.add_bos_eos else ids
+        return self._framed(self.tokenizer.encode(target_text(value)))
 
     def encode(self, values: list[Any], indices: list[int]) -> list[list[int]]:
-        """Framed token ids (n_i,) of a batch's values, fitted to L (``"truncate"``: the first L-1 then EOS;
-        ``"error"``: a DataError naming the file and the example index; ``"drop"`` was applied upstream)."""
-        tok, L = self.tokenizer, self.max_len
-        seqs = tok.encode_batch([target_text(v) for v in values])
-        out = []
-        for seq, index in zip(seqs, indices):
-            seq = [tok.bos_id, *seq, tok.eos_id] if self.add_bos_eos else list(seq)
-            if len(seq) > L:
-                if self.overflow == "error":
-                    raise DataError(f"{self.where}: example index {index} has {len(seq)} tokens, more than "
-                                    f"max_len={L} (overflow='error'; use 'truncate' or 'drop', or raise max_len)")
-                if not self.stats["overflow"]:
-                    logger.warning("%s: example index %d has %d tokens > max_len=%d: truncated (further "
-                                   "ones are counted, not logged)", self.where, index, len(seq), L)
-                self.stats["overflow"] += 1
-                seq = seq[: L - 1] + [tok.eos_id] if self.add_bos_eos else seq[:L]
-            out.append(seq)
+        """Framed token ids (n_i,) of a batch's values, fitted to L by :func:`~textdiff.data.sources.fit_length`
+        (``"truncate"``: the first L-1 then EOS; ``"error"``: a DataError naming the file and the example
+        index; ``"drop"`` was applied upstream). The first truncation is logged, later ones only counted."""
+        seqs = [self._framed(s) for s in self.tokenizer.encode_batch([target_text(v) for v in values])]
+        policy = "error" if self.overflow == "error" else "truncate"
+        eos = self.tokenizer.eos_id if self.add_bos_eos else None
+        out, n_over = fit_length(seqs, self.max_len, policy, eos, self.where, indices=indices, log=False)
+        if n_over and not self.stats["overflow"]:
+            first = next(i for i, seq in enumerate(seqs) if len(seq) > self.max_len)
+            logger.warning("%s: example index %d has %d tokens > max_len=%d: truncated (further ones are counted, "
+                           "not logged)", self.where, indices[first], len(seqs[first]), self.max_len)
+        self.stats["overflow"] += n_over
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -269,10 +266,10 @@ class StreamingTextDataModule(TextDataModule):
     def train_stream(self, rank: Optional[int] = None, world_size: Optional[int] = None) -> TokenStream:
         """The training :class:`TokenStream` of ``rank`` of ``world_size`` (default: the module's, else the
         ``torch.distributed`` world, else 0 of 1), positioned at epoch 0."""
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        world = world_size or self.world_size or (torch.distributed.get_world_size() if dist else 1)
+        here, dist_world = process_position()
+        world = world_size or self.world_size or dist_world
         if rank is None:
-            rank = self.rank if self.rank is not None else torch.distributed.get_rank() if dist else 0
+            rank = self.rank if self.rank is not None else here
         return TokenStream(self._source(), self.build_tokenizer(), max_len=self.max_len, overflow=self.overflow,
                            add_bos_eos=self.add_bos_eos, batch_size=self.batch_size, seed=self.shuffle_seed(),
                            shuffle_buffer=self.shuffle_buffer, rank=rank, world_size=world,

@@ -29,6 +29,7 @@ from textdiff.core.gaussian import GaussianProcess, masked_mean
 from textdiff.core.guidance import ClassifierFreeGuidance
 from textdiff.core.types import Batch
 from textdiff.data.datamodule import pad_sequences
+from textdiff.data.samplers import process_position
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
 from textdiff.families.ld4lg_autoencoder import OFFICIAL_GENERATE, BartDenoiser, LatentAutoencoder
 from textdiff.nn.ld4lg import LatentDenoiser
@@ -36,13 +37,6 @@ from textdiff.nn.ld4lg import LatentDenoiser
 __all__ = ["OFFICIAL_GENERATE", "BartDenoiser", "LatentAutoencoder", "LD4LG"]
 
 log = logging.getLogger(__name__)
-
-
-def _world_size() -> int:
-    """torch.distributed's world size; 1 when it is unavailable or not initialised."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _pad_rows(rows: Sequence[Tensor], pad_id: int) -> Tensor:
@@ -162,7 +156,7 @@ class LD4LG(DiffusionModule):
                 log.warning("latent statistics are not set yet (no training batch seen): using mean 0, scale 1")
             else:  # official: from the first batch; mean per dim, one std (biased) for all dims
                 flat = z.reshape(-1, z.shape[-1])
-                if _world_size() > 1:
+                if process_position()[1] > 1:
                     self._set_latent_stats_distributed(flat)
                 else:
                     self.latent_mean.copy_(flat.mean(0))
