@@ -178,6 +178,14 @@ def test_slurm_launcher_composes():
     assert OmegaConf.select(cfg, "trainer.devices") == 4 and OmegaConf.select(cfg, "trainer.strategy") == "ddp"
 
 
+def test_parallel_launcher_composes():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=parallel", "hydra.launcher.n_jobs=3"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 3
+
+
 def test_every_group_file_parses():
     for path in Path(CONF_DIR).rglob("*.yaml"):
         OmegaConf.load(path)

@@ -12,34 +12,47 @@
 #   5. textdiff-report: $OUT/report_text (references alone), $OUT/report_d2t (data-to-text), $OUT/report_steps
 # Usage: experiments/compare/e2e_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
 # tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps;
+# JOBS=N runs N jobs at once, each on nproc/N threads (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge
+# beside LD4LG's stages, the table's entrants (hydra/launcher=parallel), the K sweep.
 # SCALE=gpu runs the GPU-scale table (conf/compare/e2e_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
 BIN=${BIN:-.venv/bin}
-source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, common, bart
-if [ -z "${SKIP_PREP:-}" ]; then
-  "$BIN/textdiff-train" experiment=compare_e2e_ar_cpu compare=e2e_cpu compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder=null \
-    trainer.max_steps=0 evaluate=false logger=csv hydra.run.dir="$OUT/tokenizer_run" "${common[@]}"
-  [ -n "${JUDGE:-}" ] || "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 \
-    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
-  stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" eval.num_samples=200)
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all
+judge() {
+  "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 data.tokenizer_path="$OUT/tokenizer" \
+    hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
+}
+ld4lg_stages() {
+  local stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" eval.num_samples=200)
   "$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu "${stage[@]}" data.tokenizer_path="$OUT/tokenizer" \
     hydra.run.dir="$OUT/bart" "${common[@]}" "${bart[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_ae_e2e_cpu "${stage[@]}" model.bart_path="$OUT/bart/bart" \
     hydra.run.dir="$OUT/ae" "${common[@]}"
+}
+if [ -z "${SKIP_PREP:-}" ]; then
+  mkdir -p "$OUT"
+  # the tokenizer first (every later run reads it), then the judge beside LD4LG's stages 0-1
+  "$BIN/textdiff-train" experiment=compare_e2e_ar_cpu compare=e2e_cpu compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder=null \
+    trainer.max_steps=0 evaluate=false logger=csv hydra.run.dir="$OUT/tokenizer_run" "${common[@]}"
+  [ -n "${JUDGE:-}" ] || spawn judge
+  spawn ld4lg_stages
+  wait_all
 fi
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # the BART was trained on the shared vocabulary
 "$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
-  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false
+  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
 text=() d2t=()
 for run in "$OUT"/table/*/; do
   if grep -q Seq2SeqDataModule "$run/config.yaml"; then d2t+=("$run"); else text+=("$run"); fi
   grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrants have no K
   for k in ${KS//,/ }; do
-    "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" suffix="_k$k"
+    spawn "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" \
+      suffix="_k$k"
   done
 done
+wait_all
 cost=fit_seconds,train_examples,trainable_params,global_step
 "$BIN/textdiff-report" "${text[@]}" --columns task_name --out "$OUT/report_text" \
   --metrics "lm_ppl,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,$cost"

@@ -1,19 +1,31 @@
 # Sourced by experiments/compare/{tatoeba,e2e}_cpu.sh: the settings of one scale of the comparison tables.
 # SCALE=cpu (default): compare.steps 1,000 and the CPU presets' sizes. SCALE=gpu: 20,000 steps, batch 128 on one
-# GPU for the preparation runs too, and a bart-base-shaped stage-0 BART for LD4LG. Sets STEPS, SCALE, KS and the
-# arrays `common` (every preparation run) and `bart` (LD4LG stage 0).
+# GPU for the preparation runs too, and a bart-base-shaped stage-0 BART for LD4LG. Sets STEPS, SCALE, KS, JOBS, the
+# arrays `common` (every preparation run), `bart` (LD4LG stage 0) and `launcher` (the table's multirun), and the
+# functions `spawn` / `wait_all` (at most $JOBS commands at once).
 SCALE=${SCALE:-cpu}
 KS=${KS:-10,50,200}
 if [ "$SCALE" = gpu ]; then
   STEPS=${STEPS:-20000}
+  JOBS=${JOBS:-1}   # one GPU: one run at a time
   common=(trainer.enable_progress_bar=false trainer=gpu data.batch_size=128)
   bart=(model.bart.d_model=768 model.bart.encoder_layers=6 model.bart.decoder_layers=6 model.bart.encoder_attention_heads=12
         model.bart.decoder_attention_heads=12 model.bart.encoder_ffn_dim=3072 model.bart.decoder_ffn_dim=3072)
 elif [ "$SCALE" = cpu ]; then
   STEPS=${STEPS:-1000}
+  JOBS=${JOBS:-$(nproc)}   # one-thread runs side by side, one per core
   common=(trainer.enable_progress_bar=false)
   bart=()
 else
   echo "SCALE=$SCALE: expected cpu or gpu" >&2
   exit 2
 fi
+# every process of the script (preparation runs, the table's jobs, the K sweep) gets its share of the cores
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
+launcher=()
+[ "$JOBS" -le 1 ] || launcher=(hydra/launcher=parallel hydra.launcher.n_jobs="$JOBS")
+# spawn CMD...: run CMD in the background once fewer than $JOBS are running; wait_all: wait for them (and stop the
+# script, under set -e, if one failed)
+pids=()
+spawn() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done; "$@" & pids+=($!); }
+wait_all() { local p; for p in "${pids[@]}"; do wait "$p"; done; pids=(); }

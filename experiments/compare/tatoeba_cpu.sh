@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cross-family comparison on Tatoeba English at CPU scale (experiments/README.md § Cross-family comparison):
+#   0. the shared tokenizer (word level, a [MASK] token added)          -> $OUT/tokenizer
 #   1. the judge: a decoder-only AR LM (ar_lm_tatoeba_cpu, seed 1, its own 2,000-step preset) on the shared
-#      tokenizer                                                          -> $OUT/judge, $OUT/tokenizer
+#      tokenizer                                                          -> $OUT/judge
 #   2. LD4LG's stages 0 (BART) and 1 (autoencoder), each at the comparison budget (compare.steps)
 #                                                                         -> $OUT/bart, $OUT/ae
 #   3. the table: ONE multirun over every conf/experiment/compare_tatoeba_*_cpu.yaml (AR LM, Diffusion-LM,
@@ -9,31 +10,46 @@
 #   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
 #   5. textdiff-report: $OUT/report (quality and cost) and $OUT/report_steps (K sweep)
 # Usage: experiments/compare/tatoeba_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
-# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 1-2; STEPS= overrides compare.steps;
+# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps;
+# JOBS=N runs N jobs at once, each on nproc/N threads (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge
+# beside LD4LG's stages, the table's entrants (hydra/launcher=parallel), the K sweep.
 # SCALE=gpu runs the GPU-scale table (conf/compare/tatoeba_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
 BIN=${BIN:-.venv/bin}
-source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, common, bart
-if [ -z "${SKIP_PREP:-}" ]; then
-  [ -n "${JUDGE:-}" ] || "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
-    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}"
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all
+judge() {
+  "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
+    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
+}
+ld4lg_stages() {
   "$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS" eval.num_samples=200 \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/bart" "${common[@]}" "${bart[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_ae_tatoeba_cpu model.bart_path="$OUT/bart/bart" trainer.max_steps="$STEPS" \
     eval.num_samples=200 hydra.run.dir="$OUT/ae" "${common[@]}"
+}
+if [ -z "${SKIP_PREP:-}" ]; then
+  mkdir -p "$OUT"
+  # the tokenizer first (both preparation runs read it), then the judge beside LD4LG's stages 0-1
+  "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu +data.tokenizer.add_mask_token=true trainer.max_steps=0 \
+    evaluate=false logger=csv data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/tokenizer_run" "${common[@]}"
+  [ -n "${JUDGE:-}" ] || spawn judge
+  spawn ld4lg_stages
+  wait_all
 fi
 # LD4LG reads the shared tokenizer like every entrant: its BART must have been trained on it
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
 "$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
-  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false
+  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
 for run in "$OUT"/table/*/; do
   grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrant has no K
   for k in ${KS//,/ }; do
-    "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" suffix="_k$k"
+    spawn "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" \
+      suffix="_k$k"
   done
 done
+wait_all
 "$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" \
   --metrics 'lm_ppl,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,fit_seconds,train_examples,trainable_params,global_step'
 "$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \

@@ -204,3 +204,24 @@ def test_real_tiny_multirun(tmp_path):
         assert float(row["bleu_mean"]) == statistics.mean(bleus)
         assert float(row["bleu_std"]) == statistics.stdev(bleus)
     assert (report / "bleu_vs_model.denoiser.dropout.png").exists()
+
+
+def test_parallel_launcher_runs_jobs_side_by_side_with_the_same_results(tmp_path):
+    """hydra/launcher=parallel (joblib, 2 jobs) runs the sweep's jobs in worker processes, each with its share of
+    the cores, and each job's samples are those of the same job under the default (sequential) launcher."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TEXTDIFF_CACHE=str(tmp_path / "cache"))
+    env.pop("OMP_NUM_THREADS", None)
+    cmd = [sys.executable, "-c", "import sys; from textdiff.cli.train import main; sys.argv[0]='train'; main()",
+           "-m", *TINY_TOY, "seed=0,1"]
+    samples = {}
+    for launcher in ("basic", "parallel"):
+        sweep = tmp_path / launcher
+        out = subprocess.run([*cmd, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"], capture_output=True,
+                             text=True, cwd=REPO, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        samples[launcher] = [(sweep / str(job) / "samples.jsonl").read_text() for job in (0, 1)]
+        threads = {int(line.split("|")[-1].split()[0]) for job in (0, 1)
+                   for line in (sweep / str(job) / "train.log").read_text().splitlines() if "torch threads" in line}
+        if launcher == "parallel":  # joblib gives each of the 2 workers cpu_count // 2 threads
+            assert threads == {max(1, (os.cpu_count() or 2) // 2)}, threads
+    assert samples["parallel"] == samples["basic"] and samples["basic"][0] != samples["basic"][1]

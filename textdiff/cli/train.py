@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from textdiff.checkpoint import NonFiniteLossError
@@ -128,8 +129,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # written once every component is built, so a run that fails to start leaves no config.yaml behind
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("run dir: %s | %s | %.2fM trainable parameters | vocab %d", run_dir, type(model).__name__,
-             n_params / 1e6, dm.vocab_size)
+    log.info("run dir: %s | %s | %.2fM trainable parameters | vocab %d | %d torch threads", run_dir,
+             type(model).__name__, n_params / 1e6, dm.vocab_size, torch.get_num_threads())
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     start = time.perf_counter()
