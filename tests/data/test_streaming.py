@@ -194,6 +194,24 @@ def test_texts_train_reads_only_train_sample_lines(corpus, monkeypatch):
     assert len(dm.texts("train")) == 5
 
 
+@pytest.mark.parametrize("overflow", ["truncate", "drop"])
+def test_statistics_sequences_are_the_in_memory_items_of_the_first_train_sample(corpus, monkeypatch, overflow):
+    """DiffusionBERT's corpus statistics come from here: the first train_sample examples, framed and fitted as
+    in training, without streaming the rest of the file."""
+    tok = build_word_tokenizer(_lines())
+    full = [list(ids) for ids, _ in _memory_items(corpus / "train.txt", tok, overflow=overflow)]
+    real, pulled = streaming.load_stream, []
+    monkeypatch.setattr(streaming, "load_stream", lambda source: real(source).map(lambda r: pulled.append(1) or r))
+    dm = StreamingTextDataModule(str(corpus / "train.txt"), max_len=12, tokenizer=tok, overflow=overflow,
+                                 train_sample=40)
+    seqs = dm.statistics_sequences()
+    head = [list(ids) for ids, i in _memory_items(corpus / "train.txt", tok, overflow=overflow) if i < 40]
+    assert seqs == head and len(pulled) <= 42 + 1
+    assert (len(seqs) == 39) == (overflow == "drop")  # example 5 is over-long
+    assert TextDataModule(str(corpus / "train.txt"), max_len=12, tokenizer=tok,
+                          overflow=overflow).statistics_sequences() == full
+
+
 def test_bad_files_raise_data_errors_that_name_them(tmp_path):
     missing = tmp_path / "nope.txt"
     with pytest.raises(DataFileNotFoundError, match="nope.txt"):

@@ -2,6 +2,7 @@
 cache, the bound, checkpoints, and learning on real text (Tatoeba)."""
 import math
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -66,6 +67,28 @@ def test_corpus_statistics_and_cache(tmp_path):
     assert torch.all(m.process.schedule.token_weight[1:] == 1.0)
     m.set_corpus_statistics(seqs[:-1], str(cache))  # another corpus: recomputed
     assert m.process.schedule.token_weight[5:].min() < 1.0
+
+
+def test_setup_counts_on_the_datamodules_statistics_sample(tmp_path):
+    """A streamed corpus (StreamingTextDataModule) hands out a sample for the statistics: setup uses it and
+    never iterates the training dataset itself."""
+    class StreamLike:
+        tokenizer_path = str(tmp_path)
+
+        def statistics_sequences(self):
+            return _corpus()
+
+        def dataset(self, split):
+            raise AssertionError("setup iterated the whole training stream")
+
+    m = _model()
+    m._trainer = SimpleNamespace(datamodule=StreamLike())
+    m.setup("fit")
+    ref = _model()
+    ref.set_corpus_statistics(_corpus())
+    assert torch.equal(m.length_counts, ref.length_counts) and m.length_counts.sum() == 200
+    assert torch.equal(m.process.schedule.token_weight, ref.process.schedule.token_weight)
+    assert (tmp_path / "word_freq.pt").is_file()
 
 
 def test_loss_never_masks_the_frame_and_batch_t_is_shared():

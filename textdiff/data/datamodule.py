@@ -206,6 +206,11 @@ class _BaseDataModule(TrainingOrderMixin, pl.LightningDataModule):
             self._datasets[split] = self._encode(split)
         return self._datasets[split]
 
+    def statistics_sequences(self) -> list[list[int]]:
+        """The training sequences (framed ids, each (n_i,) with n_i <= L) that corpus statistics are counted
+        on, e.g. DiffusionBERT's token frequencies and length histogram: the whole train split here."""
+        return [item["ids"] for item in self.dataset("train")]
+
     def _record(self, split: str, examples: int, kept: int, overflow: int, **extra: int) -> None:
         self.stats[split] = {"examples": examples, "kept": kept, "overflow": overflow, **extra}
         if kept == 0:

@@ -303,6 +303,15 @@ class StreamingTextDataModule(TextDataModule):
         """valid/test: the encoded items in memory; train: a :class:`TokenStream` (nothing read yet)."""
         return self.train_stream() if split == "train" else super().dataset(split)
 
+    def statistics_sequences(self) -> list[list[int]]:
+        """Framed ids (n_i,) of the first ``train_sample`` training examples (the stream is not read to its end),
+        fitted to L as in training (``overflow="drop"``: too long ones left out)."""
+        stream, values = self.train_stream(rank=0, world_size=1), self.raw("train")
+        indices = list(range(len(values)))
+        if self.overflow == "drop":
+            indices = [i for i in indices if len(stream._frame(values[i])) <= self.max_len]
+        return stream.encode([values[i] for i in indices], indices)
+
     def setup(self, stage: str | None = None) -> None:
         """As TextDataModule's; fitting needs ``trainer.max_steps`` (a DataError without it)."""
         trainer = self.trainer

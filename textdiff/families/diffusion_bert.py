@@ -125,7 +125,11 @@ class DiffusionBERT(DiffusionModule):
         cache = self.word_freq_cache
         if cache is None and getattr(dm, "tokenizer_path", None):
             cache = str(Path(dm.tokenizer_path) / "word_freq.pt")
-        self.set_corpus_statistics([item["ids"] for item in dm.dataset("train")], cache)
+        if hasattr(dm, "statistics_sequences"):  # a streamed corpus gives a sample, not the whole stream
+            seqs = dm.statistics_sequences()
+        else:
+            seqs = [item["ids"] for item in dm.dataset("train")]
+        self.set_corpus_statistics(seqs, cache)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         key = prefix + "length_counts"
