@@ -57,6 +57,6 @@ cost=fit_seconds,train_examples,trainable_params,global_step
 "$BIN/textdiff-report" "${text[@]}" --columns task_name --out "$OUT/report_text" \
   --metrics "lm_ppl,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,$cost"
 "$BIN/textdiff-report" "${d2t[@]}" --columns task_name --out "$OUT/report_d2t" \
-  --metrics "bleu,rouge*,chrf,lm_ppl,dist-2,mean_length,sequences_per_second,$cost"
+  --metrics "bleu,rouge*,chrf,lm_ppl,sentences_per_second,$cost"
 "$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \
-  --metrics 'sampler.num_steps,sequences_per_second,lm_ppl,bleu,dist-2' --out "$OUT/report_steps"
+  --metrics 'sampler.num_steps,sequences_per_second,sentences_per_second,lm_ppl,bleu,dist-2' --out "$OUT/report_steps"
