@@ -6,15 +6,18 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/ld4lg_tatoeba_cpu}
 BIN=${BIN:-.venv/bin}
+# the runs of experiments/README.md (longer than the presets' ~15-minute budgets)
+STEPS0=${STEPS0:-4000}; STEPS1=${STEPS1:-3000}; STEPS2=${STEPS2:-3000}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one thread per job: small models gain little from two
 
 "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu hydra.run.dir="$OUT/lm"
-"$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu hydra.run.dir="$OUT/bart"
-"$BIN/textdiff-train" experiment=ld4lg_ae_tatoeba_cpu model.bart_path="$OUT/bart/bart" hydra.run.dir="$OUT/ae"
+"$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS0" hydra.run.dir="$OUT/bart"
+"$BIN/textdiff-train" experiment=ld4lg_ae_tatoeba_cpu trainer.max_steps="$STEPS1" model.bart_path="$OUT/bart/bart" \
+  hydra.run.dir="$OUT/ae"
 AE="$OUT/ae/checkpoints/last.ckpt"
-"$BIN/textdiff-train" experiment=ld4lg_tatoeba_cpu model.autoencoder_path="$AE" eval.lm="$OUT/lm" \
+"$BIN/textdiff-train" experiment=ld4lg_tatoeba_cpu trainer.max_steps="$STEPS2" model.autoencoder_path="$AE" eval.lm="$OUT/lm" \
   hydra.run.dir="$OUT/diffusion"
-"$BIN/textdiff-train" experiment=ld4lg_tatoeba_cpu model.autoencoder_path="$AE" eval.lm="$OUT/lm" \
+"$BIN/textdiff-train" experiment=ld4lg_tatoeba_cpu trainer.max_steps="$STEPS2" model.autoencoder_path="$AE" eval.lm="$OUT/lm" \
   model.denoiser.self_condition=false hydra.run.dir="$OUT/diffusion_no_selfcond"
 for K in 25 100 250; do
   "$BIN/textdiff-sample" run_dir="$OUT/diffusion" sampler.num_steps=$K suffix=_k$K
