@@ -307,10 +307,9 @@ class StreamingTextDataModule(TextDataModule):
         """Framed ids (n_i,) of the first ``train_sample`` training examples (the stream is not read to its end),
         fitted to L as in training (``overflow="drop"``: too long ones left out)."""
         stream, values = self.train_stream(rank=0, world_size=1), self.raw("train")
-        indices = list(range(len(values)))
-        if self.overflow == "drop":
-            indices = [i for i in indices if len(stream._frame(values[i])) <= self.max_len]
-        return stream.encode([values[i] for i in indices], indices)
+        if self.overflow == "drop":  # as the stream's filter: the kept ones fit already
+            return [seq for seq in map(stream._frame, values) if len(seq) <= self.max_len]
+        return stream.encode(values, list(range(len(values))))
 
     def setup(self, stage: str | None = None) -> None:
         """As TextDataModule's; fitting needs ``trainer.max_steps`` (a DataError without it)."""
