@@ -18,7 +18,7 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
 BIN=${BIN:-.venv/bin}
-source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all, k_sweep
 judge() {
   "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 data.tokenizer_path="$OUT/tokenizer" \
     hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
@@ -47,10 +47,7 @@ text=() d2t=()
 for run in "$OUT"/table/*/; do
   if grep -q Seq2SeqDataModule "$run/config.yaml"; then d2t+=("$run"); else text+=("$run"); fi
   grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrants have no K
-  for k in ${KS//,/ }; do
-    spawn "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" \
-      suffix="_k$k"
-  done
+  k_sweep "$run"
 done
 wait_all
 cost=fit_seconds,train_examples,trainable_params,global_step

@@ -2,7 +2,7 @@
 # SCALE=cpu (default): compare.steps 1,000 and the CPU presets' sizes. SCALE=gpu: 20,000 steps, batch 128 on one
 # GPU for the preparation runs too, and a bart-base-shaped stage-0 BART for LD4LG. Sets STEPS, SCALE, KS, JOBS, the
 # arrays `common` (every preparation run), `bart` (LD4LG stage 0) and `launcher` (the table's multirun), and the
-# functions `spawn` / `wait_all` (at most $JOBS commands at once).
+# functions `spawn` / `wait_all` (at most $JOBS commands at once) and `k_sweep`.
 SCALE=${SCALE:-cpu}
 KS=${KS:-10,50,200}
 if [ "$SCALE" = gpu ]; then
@@ -29,3 +29,10 @@ launcher=()
 pids=()
 spawn() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done; "$@" & pids+=($!); }
 wait_all() { local p; for p in "${pids[@]}"; do wait "$p"; done; pids=(); }
+# k_sweep RUN: sample RUN's last checkpoint at each K of $KS (100 samples, metrics_k<K>.json) through spawn
+k_sweep() {
+  local k
+  for k in ${KS//,/ }; do
+    spawn "$BIN/textdiff-sample" run_dir="$1" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" suffix="_k$k"
+  done
+}

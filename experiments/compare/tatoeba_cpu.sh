@@ -17,7 +17,7 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
 BIN=${BIN:-.venv/bin}
-source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all, k_sweep
 judge() {
   "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
@@ -44,10 +44,7 @@ cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
   hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
 for run in "$OUT"/table/*/; do
   grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrant has no K
-  for k in ${KS//,/ }; do
-    spawn "$BIN/textdiff-sample" run_dir="$run" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" \
-      suffix="_k$k"
-  done
+  k_sweep "$run"
 done
 wait_all
 "$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" \
