@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-family comparison on E2E at CPU scale (experiments/README.md § Cross-family comparison):
 #   0. the shared tokenizer, built over MRs and references by the first entrant's data config -> $OUT/tokenizer
-#   1. the judge: a decoder-only AR LM of the references (ar_lm_e2e_cpu, seed 1, its own 2,000-step preset)
+#   1. the judge: a decoder-only AR LM of the references (ar_lm_e2e_cpu, seed 1, JUDGE_STEPS: 2 x STEPS)
 #                                                                         -> $OUT/judge
 #   2. LD4LG's stages 0 (BART) and 1 (autoencoder) on the references, each at the comparison budget
 #                                                                         -> $OUT/bart, $OUT/ae
@@ -11,20 +11,21 @@
 #   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
 #   5. textdiff-report: $OUT/report_text (references alone), $OUT/report_d2t (data-to-text), $OUT/report_steps
 # Usage: experiments/compare/e2e_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
-# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps;
-# JOBS=N runs N jobs at once, each on nproc/N threads (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge
-# beside LD4LG's stages, the table's entrants (hydra/launcher=parallel), the K sweep.
+# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps
+# (CPU: 500); JUDGE_STEPS= the judge's steps (CPU: 2 x STEPS); JOBS=N runs N jobs at once, each on nproc/N threads
+# (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge beside LD4LG's stages, the table's entrants
+# (hydra/launcher=parallel), the K sweep.
 # SCALE=gpu runs the GPU-scale table (conf/compare/e2e_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
 BIN=${BIN:-.venv/bin}
-source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all, k_sweep
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, JUDGE_STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all, k_sweep
 judge() {
-  "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 data.max_len=48 data.tokenizer_path="$OUT/tokenizer" \
+  "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 trainer.max_steps="$JUDGE_STEPS" data.max_len=48 data.tokenizer_path="$OUT/tokenizer" \
     hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
 }
 ld4lg_stages() {
-  local stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" eval.num_samples=200)
+  local stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" model.lr_scheduler.warmup_steps="$WARMUP" eval.num_samples=200)
   "$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu "${stage[@]}" data.tokenizer_path="$OUT/tokenizer" \
     hydra.run.dir="$OUT/bart" "${common[@]}" "${bart[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_ae_e2e_cpu "${stage[@]}" model.bart_path="$OUT/bart/bart" \
@@ -40,7 +41,7 @@ if [ -z "${SKIP_PREP:-}" ]; then
   wait_all
 fi
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # the BART was trained on the shared vocabulary
-"$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
+"$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" compare.warmup_steps="$WARMUP" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
   hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
 text=() d2t=()

@@ -1,18 +1,22 @@
 # Sourced by experiments/compare/{tatoeba,e2e}_cpu.sh: the settings of one scale of the comparison tables.
-# SCALE=cpu (default): compare.steps 1,000 and the CPU presets' sizes. SCALE=gpu: 20,000 steps, batch 128 on one
-# GPU for the preparation runs too, and a bart-base-shaped stage-0 BART for LD4LG. Sets STEPS, SCALE, KS, JOBS, the
+# SCALE=cpu (default): compare.steps 500, the judge at JUDGE_STEPS = 2 x STEPS, the CPU presets' sizes: a table,
+# preparation and K sweep included, in under an hour on 2 cores (experiments/README.md § Cross-family comparison).
+# SCALE=gpu: 20,000 steps, batch 128 on one GPU for the preparation runs too, the judge at its preset's 2,000 steps,
+# and a bart-base-shaped stage-0 BART for LD4LG. Sets STEPS, WARMUP, JUDGE_STEPS, SCALE, KS, JOBS, the
 # arrays `common` (every preparation run), `bart` (LD4LG stage 0) and `launcher` (the table's multirun), and the
 # functions `spawn` / `wait_all` (at most $JOBS commands at once) and `k_sweep`.
 SCALE=${SCALE:-cpu}
 KS=${KS:-10,50,200}
 if [ "$SCALE" = gpu ]; then
   STEPS=${STEPS:-20000}
+  JUDGE_STEPS=${JUDGE_STEPS:-2000}
   JOBS=${JOBS:-1}   # one GPU: one run at a time
   common=(trainer.enable_progress_bar=false trainer=gpu data.batch_size=128)
   bart=(model.bart.d_model=768 model.bart.encoder_layers=6 model.bart.decoder_layers=6 model.bart.encoder_attention_heads=12
         model.bart.decoder_attention_heads=12 model.bart.encoder_ffn_dim=3072 model.bart.decoder_ffn_dim=3072)
 elif [ "$SCALE" = cpu ]; then
-  STEPS=${STEPS:-1000}
+  STEPS=${STEPS:-500}
+  JUDGE_STEPS=${JUDGE_STEPS:-$((2 * STEPS))}
   JOBS=${JOBS:-$(nproc)}   # one-thread runs side by side, one per core
   common=(trainer.enable_progress_bar=false)
   bart=()
@@ -20,6 +24,7 @@ else
   echo "SCALE=$SCALE: expected cpu or gpu" >&2
   exit 2
 fi
+WARMUP=$(( STEPS / 5 ))   # compare.warmup_steps, and LD4LG's stages 0-1
 # every process of the script (preparation runs, the table's jobs, the K sweep) gets its share of the cores
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
 launcher=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-family comparison on Tatoeba English at CPU scale (experiments/README.md § Cross-family comparison):
 #   0. the shared tokenizer (word level, a [MASK] token added)          -> $OUT/tokenizer
-#   1. the judge: a decoder-only AR LM (ar_lm_tatoeba_cpu, seed 1, its own 2,000-step preset) on the shared
+#   1. the judge: a decoder-only AR LM (ar_lm_tatoeba_cpu, seed 1, JUDGE_STEPS: 2 x STEPS) on the shared
 #      tokenizer                                                          -> $OUT/judge
 #   2. LD4LG's stages 0 (BART) and 1 (autoencoder), each at the comparison budget (compare.steps)
 #                                                                         -> $OUT/bart, $OUT/ae
@@ -10,22 +10,23 @@
 #   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
 #   5. textdiff-report: $OUT/report (quality and cost) and $OUT/report_steps (K sweep)
 # Usage: experiments/compare/tatoeba_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
-# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps;
-# JOBS=N runs N jobs at once, each on nproc/N threads (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge
-# beside LD4LG's stages, the table's entrants (hydra/launcher=parallel), the K sweep.
+# tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps
+# (CPU: 500); JUDGE_STEPS= the judge's steps (CPU: 2 x STEPS); JOBS=N runs N jobs at once, each on nproc/N threads
+# (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge beside LD4LG's stages, the table's entrants
+# (hydra/launcher=parallel), the K sweep.
 # SCALE=gpu runs the GPU-scale table (conf/compare/tatoeba_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
 BIN=${BIN:-.venv/bin}
-source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all, k_sweep
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, JUDGE_STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all, k_sweep
 judge() {
-  "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 +data.tokenizer.add_mask_token=true \
+  "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 trainer.max_steps="$JUDGE_STEPS" +data.tokenizer.add_mask_token=true \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
 }
 ld4lg_stages() {
-  "$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS" eval.num_samples=200 \
+  "$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS" model.lr_scheduler.warmup_steps="$WARMUP" eval.num_samples=200 \
     data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/bart" "${common[@]}" "${bart[@]}"
-  "$BIN/textdiff-train" experiment=ld4lg_ae_tatoeba_cpu model.bart_path="$OUT/bart/bart" trainer.max_steps="$STEPS" \
+  "$BIN/textdiff-train" experiment=ld4lg_ae_tatoeba_cpu model.bart_path="$OUT/bart/bart" trainer.max_steps="$STEPS" model.lr_scheduler.warmup_steps="$WARMUP" \
     eval.num_samples=200 hydra.run.dir="$OUT/ae" "${common[@]}"
 }
 if [ -z "${SKIP_PREP:-}" ]; then
@@ -39,7 +40,7 @@ if [ -z "${SKIP_PREP:-}" ]; then
 fi
 # LD4LG reads the shared tokenizer like every entrant: its BART must have been trained on it
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
-"$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" compare.judge="${JUDGE:-$OUT/judge}" \
+"$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" compare.warmup_steps="$WARMUP" compare.judge="${JUDGE:-$OUT/judge}" \
   compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
   hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
 for run in "$OUT"/table/*/; do
