@@ -19,13 +19,14 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
 BIN=${BIN:-.venv/bin}
-source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, JUDGE_STEPS, KS, JOBS, common, bart, launcher, spawn, wait_all, k_sweep
+source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, WARMUP, JUDGE_STEPS, KS, JOBS, common, bart, launcher, spawn, ...
 judge() {
-  "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 trainer.max_steps="$JUDGE_STEPS" data.max_len=48 data.tokenizer_path="$OUT/tokenizer" \
-    hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
+  "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu seed=1 trainer.max_steps="$JUDGE_STEPS" data.max_len=48 \
+    data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
 }
 ld4lg_stages() {
-  local stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS" model.lr_scheduler.warmup_steps="$WARMUP" eval.num_samples=200)
+  local stage=(data=e2e data.padding=pad data.max_len=48 trainer.max_steps="$STEPS"
+               model.lr_scheduler.warmup_steps="$WARMUP" eval.num_samples=200)
   "$BIN/textdiff-train" experiment=ld4lg_bart_e2e_cpu "${stage[@]}" data.tokenizer_path="$OUT/tokenizer" \
     hydra.run.dir="$OUT/bart" "${common[@]}" "${bart[@]}"
   "$BIN/textdiff-train" experiment=ld4lg_ae_e2e_cpu "${stage[@]}" model.bart_path="$OUT/bart/bart" \
@@ -41,8 +42,8 @@ if [ -z "${SKIP_PREP:-}" ]; then
   wait_all
 fi
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # the BART was trained on the shared vocabulary
-"$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" compare.warmup_steps="$WARMUP" compare.judge="${JUDGE:-$OUT/judge}" \
-  compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
+"$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" compare.warmup_steps="$WARMUP" \
+  compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
   hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
 text=() d2t=()
 for run in "$OUT"/table/*/; do
