@@ -176,3 +176,13 @@ def test_run_dir_without_config_is_refused(tmp_path):
     _assert_clean_exit(code, out)
     assert f"textdiff-sample: {run_dir} has no config.yaml: is it a textdiff-train run directory?" in out
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]
+
+
+# 9. a derived count whose source is not an integer -----------------------------------------------------
+def test_derived_count_names_its_key_when_its_source_is_not_an_integer():
+    """``compare.warmup_steps`` is ``${td.div:${compare.steps},5}``: a non-integer source names the derived key."""
+    cfg = _compose(["ablation=compare_tatoeba_cpu", "compare.steps=many", "compare.judge=/judge"])
+    named = r"td.div takes two integers, got 'many' and 5(.|\n)*full_key: compare.warmup_steps"
+    with pytest.raises(Exception, match=named):
+        OmegaConf.to_container(cfg.compare, resolve=True)
+    assert OmegaConf.create({"n": 12, "k": "${td.div:${n},5}"}).k == 2

@@ -212,8 +212,8 @@ def test_difformer_variants_build(variant, shared_data, tmp_path):
 ])
 def test_comparison_entrants_share_one_budget(table, families, scale):
     """Every entrant of a cross-family comparison table trains and is scored under the same budget: data,
-    tokenizer, optimizer steps x batch, learning-rate warm-up, evaluation and judge; only the model (and, on E2E, whether the MR is
-    given) differs. One multirun (ablation=compare_<table>_<scale>) runs them all."""
+    tokenizer, optimizer steps x batch, learning-rate warm-up, evaluation and judge; only the model (and, on E2E,
+    whether the MR is given) differs. One multirun (ablation=compare_<table>_<scale>) runs them all."""
     entrants = sorted(p.stem for p in (CONF_DIR / "experiment").glob(f"compare_{table}_*_{scale}.yaml"))
     keys = ("data.train_path", "data.max_len", "data.batch_size", "data.tokenizer_path", "data.tokenizer.min_count",
             "data.tokenizer.add_mask_token", "trainer.max_steps", "trainer.accumulate_grad_batches", "eval.split",
@@ -231,14 +231,18 @@ def test_comparison_entrants_share_one_budget(table, families, scale):
     assert dict(zip(keys, next(iter(seen.values()))))["eval.lm"] == "/judge"
     # the multirun: its config is first composed without the swept experiment, so compare.* must exist there;
     # then each job adds one entrant, and the ablation's budget agrees with the entrant's
-    sweep = [f"ablation=compare_{table}_{scale}", "compare.steps=7", "compare.warmup_steps=2", "compare.judge=/judge",
+    # the warm-up follows the steps (a fifth, td.div) unless it is set
+    sweep = [f"ablation=compare_{table}_{scale}", "compare.steps=12", "compare.judge=/judge",
              "compare.tokenizer=/cmp/tokenizer"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=sweep, return_hydra_config=True)
-    assert cfg.hydra.sweeper.params.experiment == f"glob(compare_{table}_*_{scale})" and cfg.trainer.max_steps == 7
+    assert cfg.hydra.sweeper.params.experiment == f"glob(compare_{table}_*_{scale})" and cfg.trainer.max_steps == 12
     for name in entrants:
         cfg = _compose([*sweep, f"experiment={name}", "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
-        assert (cfg.trainer.max_steps, cfg.model.lr_scheduler.warmup_steps) == (7, 2)
+        assert (cfg.trainer.max_steps, cfg.model.lr_scheduler.warmup_steps) == (12, 2)
+        override = _compose([*sweep, "compare.warmup_steps=5", f"experiment={name}",
+                             "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
+        assert override.model.lr_scheduler.warmup_steps == 5
         assert (cfg.data.tokenizer_path, cfg.eval.lm) == ("/cmp/tokenizer", "/judge")
         assert cfg.task_name == name

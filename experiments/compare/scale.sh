@@ -24,7 +24,7 @@ else
   echo "SCALE=$SCALE: expected cpu or gpu" >&2
   exit 2
 fi
-WARMUP=$(( STEPS / 5 ))   # compare.warmup_steps, and LD4LG's stages 0-1
+WARMUP=$(( STEPS / 5 ))   # LD4LG stages 0-1 (the table follows compare.steps: conf/compare/*.yaml, td.div)
 # every process of the script (preparation runs, the table's jobs, the K sweep) gets its share of the cores
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
 launcher=()

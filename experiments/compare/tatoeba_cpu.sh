@@ -41,7 +41,7 @@ if [ -z "${SKIP_PREP:-}" ]; then
 fi
 # LD4LG reads the shared tokenizer like every entrant: its BART must have been trained on it
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
-"$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" compare.warmup_steps="$WARMUP" \
+"$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" \
   compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
   hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
 for run in "$OUT"/table/*/; do

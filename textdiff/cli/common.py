@@ -33,7 +33,8 @@ class RunDataError(ConfigError, DataError):
 def register_resolvers() -> None:
     """``${td.shared_data:}`` -> the shared corpora folder; ``${td.toy_corpus:train}`` -> a split of the
     synthetic corpus (created on first use); ``${td.run_dir_of:<run>/checkpoints/x.ckpt}`` -> ``<run>`` (the run
-    directory that holds a checkpoint, e.g. to reuse its tokenizer)."""
+    directory that holds a checkpoint, e.g. to reuse its tokenizer); ``${td.div:${compare.steps},5}`` -> the integer
+    quotient (floor), for a count that follows another (e.g. a warm-up that is a fifth of the steps)."""
     from textdiff.data.paths import shared_data_dir
 
     def toy(split: str) -> str:
@@ -44,6 +45,18 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("td.shared_data", lambda: str(shared_data_dir()), replace=True)
     OmegaConf.register_new_resolver("td.toy_corpus", toy, replace=True)
     OmegaConf.register_new_resolver("td.run_dir_of", run_dir_of, replace=True)
+    OmegaConf.register_new_resolver("td.div", int_div, replace=True)
+
+
+def int_div(numerator, denominator) -> int:
+    """``numerator // denominator`` for two integers (config values may arrive as strings of digits)."""
+    try:
+        a, b = int(str(numerator)), int(str(denominator))
+    except ValueError:
+        raise ConfigError(f"td.div takes two integers, got {numerator!r} and {denominator!r}") from None
+    if b <= 0:
+        raise ConfigError(f"td.div: the divisor must be a positive integer, got {denominator!r}")
+    return a // b
 
 
 def run_dir_of(checkpoint: str) -> str:
