@@ -241,8 +241,8 @@ def test_comparison_entrants_share_one_budget(table, families, scale):
     for name in entrants:
         cfg = _compose([*sweep, f"experiment={name}", "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
         assert (cfg.trainer.max_steps, cfg.model.lr_scheduler.warmup_steps) == (12, 2)
+        assert (cfg.data.tokenizer_path, cfg.eval.lm) == ("/cmp/tokenizer", "/judge")
+        assert cfg.task_name == name
         override = _compose([*sweep, "compare.warmup_steps=5", f"experiment={name}",
                              "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
         assert override.model.lr_scheduler.warmup_steps == 5
-        assert (cfg.data.tokenizer_path, cfg.eval.lm) == ("/cmp/tokenizer", "/judge")
-        assert cfg.task_name == name

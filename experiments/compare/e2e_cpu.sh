@@ -43,8 +43,9 @@ if [ -z "${SKIP_PREP:-}" ]; then
 fi
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # the BART was trained on the shared vocabulary
 "$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" \
-  compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
-  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
+  compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" \
+  compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" hydra.sweep.dir="$OUT/table" \
+  trainer.enable_progress_bar=false "${launcher[@]}"
 text=() d2t=()
 for run in "$OUT"/table/*/; do
   if grep -q Seq2SeqDataModule "$run/config.yaml"; then d2t+=("$run"); else text+=("$run"); fi

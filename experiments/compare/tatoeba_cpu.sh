@@ -21,7 +21,8 @@ BIN=${BIN:-.venv/bin}
 source "$(dirname "$0")/scale.sh"   # SCALE, STEPS, WARMUP, JUDGE_STEPS, KS, JOBS, common, bart, launcher, spawn, ...
 judge() {
   "$BIN/textdiff-train" experiment=ar_lm_tatoeba_cpu seed=1 trainer.max_steps="$JUDGE_STEPS" \
-    +data.tokenizer.add_mask_token=true data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}" > "$OUT/judge.log" 2>&1
+    +data.tokenizer.add_mask_token=true data.tokenizer_path="$OUT/tokenizer" hydra.run.dir="$OUT/judge" "${common[@]}" \
+    > "$OUT/judge.log" 2>&1
 }
 ld4lg_stages() {
   "$BIN/textdiff-train" experiment=ld4lg_bart_tatoeba_cpu trainer.max_steps="$STEPS" \
@@ -42,8 +43,9 @@ fi
 # LD4LG reads the shared tokenizer like every entrant: its BART must have been trained on it
 cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
 "$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" \
-  compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" \
-  hydra.sweep.dir="$OUT/table" trainer.enable_progress_bar=false "${launcher[@]}"
+  compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" \
+  compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" hydra.sweep.dir="$OUT/table" \
+  trainer.enable_progress_bar=false "${launcher[@]}"
 for run in "$OUT"/table/*/; do
   grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrant has no K
   k_sweep "$run"
