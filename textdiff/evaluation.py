@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import inspect
 import math
 import time
 from pathlib import Path
@@ -72,7 +71,7 @@ def nll_on_split(model: Any, loader: Any, num_batches: int, num_t: int = 8, seed
     devices = [p.device for p in model.parameters()][:1] or [torch.device("cpu")]
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    total, tokens = 0.0, 0
+    total, tokens, steps = 0.0, 0, None
     try:
         for i, batch in enumerate(loader):
             if i >= num_batches:
@@ -81,11 +80,13 @@ def nll_on_split(model: Any, loader: Any, num_batches: int, num_t: int = 8, seed
             out = model.nll_bound(batch, num_t=num_t, **bound_kwargs)
             total += float(out["nll"].sum())
             tokens += int(out["tokens"].sum())
+            if "steps" in out:  # the K of a chain's bound (absorbing models)
+                steps = int(out["steps"].flatten()[0])
     finally:
         torch.random.set_rng_state(gen_state)
     if tokens == 0:
         return {}
-    return nll_summary(total, tokens)
+    return {**nll_summary(total, tokens), **({"nll_steps": steps} if steps is not None else {})}
 
 
 def evaluate_unconditional(
@@ -132,10 +133,9 @@ def evaluate_unconditional(
     if nll_batches and hasattr(model, "nll_bound"):
         try:
             loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
-            # a bound that depends on the chain (absorbing models) follows the sampler's number of steps
-            params = inspect.signature(model.nll_bound).parameters
-            chain = {k: overrides[k] for k in ("num_steps", "spacing") if k in overrides and k in params}
-            metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed, **chain))
+            # a chain's bound (absorbing models) keeps the model's own K (DiffusionBERT: the official T / 4)
+            # whatever K the samples were drawn with, so that bounds of a K sweep compare
+            metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed))
         except (ValueError, RuntimeError) as err:  # e.g. a continuous-time model has no discrete bound
             log.warning("NLL bound skipped: %s", err)
     if hasattr(model, "build_sampler"):  # diffusion models; the AR baseline has none

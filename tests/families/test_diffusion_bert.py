@@ -108,8 +108,12 @@ def test_loss_never_masks_the_frame_and_batch_t_is_shared():
 
 @pytest.mark.parametrize("time_mode", ["none", "token", "layerwise"])
 def test_samples_keep_frame_lengths_and_never_remask(time_mode):
-    m = _model(time_mode=time_mode)
+    m = _model(time_mode=time_mode, length_mode="sample")
     m.set_corpus_statistics(_corpus())
+    official = _model(time_mode=time_mode)
+    official.set_corpus_statistics(_corpus())
+    fixed = official.generate(3, seed=3)  # the official default: every sample fills L
+    assert ((fixed != PAD).sum(-1) == 12).all() and (fixed[:, 0] == BOS).all() and (fixed[:, -1] == EOS).all()
     ids = m.generate(6, seed=3)
     assert not (ids == MASK).any()
     lengths = (ids != PAD).sum(-1)

@@ -33,8 +33,13 @@ def _stage0():
     return BartDenoiser(dict(TINY_BART), V, PAD, BOS, EOS, MASK)
 
 
-def _ae(bart=None):
-    return LatentAutoencoder(bart=bart if bart is not None else _stage0().bart, **TINY_AE)
+def _ae(bart=None, **kw):
+    return LatentAutoencoder(bart=bart if bart is not None else _stage0().bart, **{**TINY_AE, **kw})
+
+
+def _normalising_ld4lg():
+    """The official no-L2 configuration in which mean/std latent normalisation is allowed."""
+    return _ld4lg(ae=_ae(l2_normalize=False), normalize_latents=True)
 
 
 def _ld4lg(ae=None, num_classes=0, **kw):
@@ -148,7 +153,7 @@ def test_autoencoder_checkpoint_is_self_contained(tmp_path):
 # ----- stage 2 -----
 def test_ld4lg_trains_the_denoiser_only_and_normalises_from_the_first_batch():
     torch.manual_seed(0)
-    model = _ld4lg()
+    model = _normalising_ld4lg()
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"denoiser"}
     model.train()
@@ -332,7 +337,7 @@ def _latent_stats_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # the same model on every rank, as DDP guarantees
-        model = _ld4lg().train()
+        model = _normalising_ld4lg().train()
         b = _batch(n=8 - 3 * rank, seed=rank)  # ranks with different first batches (and sizes)
         model.latents(b["ids"], b["mask"])
         torch.save({k: getattr(model, k).clone() for k in ("latent_mean", "latent_scale", "latent_stats_set")},
@@ -347,7 +352,7 @@ def test_latent_statistics_are_the_same_on_every_rank(tmp_path):
     mp.spawn(_latent_stats_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     torch.manual_seed(0)
-    model = _ld4lg().train()
+    model = _normalising_ld4lg().train()
     z = torch.cat([model.autoencoder.encode(b["ids"], b["mask"]) for b in (_batch(n=8, seed=0), _batch(n=5, seed=1))])
     flat = z.reshape(-1, TINY_AE["latent_dim"])
     for r in (r0, r1):

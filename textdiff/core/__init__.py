@@ -15,6 +15,7 @@ from textdiff.core.schedules import (
     NoiseSchedule,
     SpindleSchedule,
     SqrtSchedule,
+    VarianceRescaled,
     VPLinearSchedule,
     discretize,
     grid_steps,
@@ -22,10 +23,10 @@ from textdiff.core.schedules import (
 from textdiff.core.types import Batch, DenoiseFn, X0Hook
 
 __all__ = [
-    "AbsorbingProcess", "Batch", "ClampToEmbeddings", "ClassifierFreeGuidance", "ClassifierGuidance", "Infill", "CosineSchedule", "CosineSquaredSchedule",
-    "DDPMLinearSchedule", "DenoiseFn", "DiscreteSchedule", "GaussianProcess", "L2Renormalize",
-    "LogLinearSchedule", "LogitFilter", "MutualSchedule", "NoiseSchedule", "SampleOutput", "Sampler",
-    "SpindleSchedule", "SqrtSchedule", "StepHook", "VPLinearSchedule", "X0Hook", "discretize", "gaussian_nll", "grid_steps",
-    "class_nll", "guidance_combine",
-    "masked_mean", "masked_sum", "nearest_rows",
+    "AbsorbingProcess", "Batch", "ClampToEmbeddings", "class_nll", "ClassifierFreeGuidance",
+    "ClassifierGuidance", "CosineSchedule", "CosineSquaredSchedule", "DDPMLinearSchedule", "DenoiseFn",
+    "DiscreteSchedule", "discretize", "gaussian_nll", "GaussianProcess", "grid_steps", "guidance_combine",
+    "Infill", "L2Renormalize", "LogitFilter", "LogLinearSchedule", "masked_mean", "masked_sum",
+    "MutualSchedule", "nearest_rows", "NoiseSchedule", "SampleOutput", "Sampler", "SpindleSchedule",
+    "SqrtSchedule", "StepHook", "VarianceRescaled", "VPLinearSchedule", "X0Hook",
 ]

@@ -115,17 +115,37 @@ class AbsorbingProcess(nn.Module):
         return ((p_s - p_t) / (1 - p_t).clamp_min(1e-12)).clamp(0, 1)
 
     def reverse_step(self, xt: Tensor, x0_logp: Tensor, t: Tensor, s: Tensor, *, eta: float = 1.0,
-                     generator: Optional[torch.Generator] = None, **_: object) -> Tensor:
+                     generator: Optional[torch.Generator] = None,
+                     posterior_filter: Optional[Callable[[Tensor, Tensor], Tensor]] = None, **_: object) -> Tensor:
         """One step x_t -> x_s (B, L). Revealed tokens never change; a masked token is revealed with
-        probability ``unmask_prob`` (the token-dependent schedule reads argmax x0, as DiffusionBERT).
+        probability u = ``unmask_prob`` (the token-dependent schedule reads argmax x0, as DiffusionBERT).
 
         eta = 1: ancestral — reveal at random, the token drawn from p(x0 | x_t).
         eta = 0: deterministic — reveal the expected number of masked tokens per sequence, the most
         confident first, each as its argmax (a MaskGIT-style analogue of DDIM).
+
+        ``posterior_filter`` (eta = 1 only): a ``(logits (n, V), t (n,)) -> log-probs`` filter (e.g. a
+        ``LogitFilter`` with a temperature and top-k) applied to the joint reverse posterior of each masked
+        position, logits log(u p(v | x_t)) for the tokens v and log(1 - u) for staying [MASK] (in the
+        [MASK] slot), before one categorical draw: the official ``discrete_diffusion_predict_fn`` (logits /
+        temperature, then ``top_k_top_p_filtering``, then ``Categorical``), where the filter also changes
+        *when* tokens are revealed. Without it a temperature or top-k acts on p(x0 | x_t) alone (an x0
+        hook) and u is untouched. At eta = 0 it is not used: the argmax and the confidence order do not
+        depend on a temperature or a top-k.
         """
         masked = xt == self.mask_id
         x0_argmax = x0_logp.argmax(-1)
         p_unmask = self.unmask_prob(t, s, x0_argmax)  # (B, L)
+        if eta == 1.0 and posterior_filter is not None:
+            out = xt.clone()
+            rows = masked.nonzero(as_tuple=True)
+            if rows[0].numel():  # only masked positions change (revealed ones carry over)
+                u = p_unmask[rows].clamp(0.0, 1.0).unsqueeze(-1)  # (n, 1)
+                joint = x0_logp[rows] + torch.log(u)  # log q(x_s = v | x_t, x0_hat) ∝ u p(v | x_t)
+                joint[:, self.mask_id] = torch.log1p(-u.squeeze(-1))  # stay [MASK]: 1 - u
+                probs = posterior_filter(joint, t[rows[0]]).exp()
+                out[rows] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            return out
         if eta == 1.0:
             u = torch.rand(xt.shape, generator=generator, device=xt.device)
             reveal = masked & (u < p_unmask)

@@ -14,9 +14,14 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from textdiff.core.schedules import NoiseSchedule
+from textdiff.core.schedules import DiscreteSchedule, NoiseSchedule, VarianceRescaled
 
 Prediction = Literal["x0", "eps", "v"]
+
+
+def _factor_key(factor: float) -> str:
+    """A ModuleDict key for a noise factor (no dots)."""
+    return f"F{factor:g}".replace(".", "_")
 
 
 def _expand(v: Tensor, like: Tensor) -> Tensor:
@@ -52,7 +57,10 @@ class GaussianProcess(nn.Module):
         sample_noise_factor: F used when sampling (prior and reverse steps); None = ``noise_factor``.
             Difformer's official decoding uses 1.0 with a model trained at F = 4.
         variance_preserving: instead of scaling the noise, rescale the schedule to
-            abar' = abar / (F^2 - (F^2 - 1) abar) (same SNR/F^2, unit variance; Difformer ``--vp-rf``).
+            abar' = abar / (F^2 - (F^2 - 1) abar) (same SNR/F^2, unit variance; Difformer ``--vp-rf``). For a
+            ``DiscreteSchedule`` the rescaling applies to the base's raw continuous curve *before* the
+            discretisation, as the official ``get_named_beta_schedule(name, T, F)`` (``VarianceRescaled``); for
+            a continuous schedule, to abar(t) itself.
     """
 
     def __init__(
@@ -82,6 +90,12 @@ class GaussianProcess(nn.Module):
         self.noise_factor = float(noise_factor)
         self.sample_noise_factor = float(sample_noise_factor) if sample_noise_factor is not None else None
         self.variance_preserving = bool(variance_preserving)
+        # the rescaled discrete chains, one per noise factor in use (training and sampling)
+        self.vp_chains = nn.ModuleDict()
+        if self.variance_preserving and isinstance(schedule, DiscreteSchedule):
+            for f in {self.noise_factor, self.sample_noise_factor or self.noise_factor}:
+                self.vp_chains[_factor_key(f)] = DiscreteSchedule(VarianceRescaled(schedule.base, f),
+                                                                  schedule.num_steps, schedule.max_beta)
 
     def for_sampling(self) -> "GaussianProcess":
         """The process the sampler should use: this one, or a copy with F = ``sample_noise_factor``
@@ -95,11 +109,16 @@ class GaussianProcess(nn.Module):
     # ----- coefficients -----
     def coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(a_t, sigma_t), each (B,) float32."""
-        abar = self.schedule.alpha_bar(t).to(torch.float32)
         f2 = self.noise_factor**2
-        if self.variance_preserving:
-            abar = abar / (f2 - (f2 - 1) * abar)  # Difformer --vp-rf: SNR / F^2 at unit variance
+        if self.variance_preserving:  # Difformer --vp-rf: SNR / F^2 at unit variance
+            key = _factor_key(self.noise_factor)
+            if key in self.vp_chains:  # rescaled before discretising, as the official schedule
+                abar = self.vp_chains[key].alpha_bar(t).to(torch.float32)
+            else:
+                abar = self.schedule.alpha_bar(t).to(torch.float32)
+                abar = abar / (f2 - (f2 - 1) * abar)
             return abar.sqrt(), (1 - abar).clamp_min(0).sqrt()
+        abar = self.schedule.alpha_bar(t).to(torch.float32)
         return abar.sqrt(), self.noise_factor * (1 - abar).clamp_min(0).sqrt()
 
     @property

@@ -81,9 +81,11 @@ class L2Renormalize:
 
 
 class LogitFilter:
-    """Temperature, top-k, top-p and banned tokens on x0 log-probs (B, L, V); renormalised.
+    """Temperature, top-k, top-p and banned tokens on log-probs (..., V); renormalised.
 
-    Positions that already hold one certain token (revealed tokens) are unchanged by construction.
+    As an x0 hook it acts on p(x0 | x_t) (B, L, V); positions that already hold one certain token
+    (revealed tokens) are unchanged by construction. As an absorbing sampler's ``posterior_filter`` it
+    acts on the joint reverse posterior (n, V) instead (DiffusionBERT's official semantics).
     """
 
     time_invariant = True  # ignores t: the sampler may reuse its output for unchanged sequences
@@ -98,6 +100,12 @@ class LogitFilter:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k, self.top_p, self.temperature = top_k, top_p, float(temperature)
         self.banned_ids = list(banned_ids)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the filter changes nothing (temperature 1, no top-k/top-p, nothing banned)."""
+        return (self.temperature == 1.0 and self.top_k is None and self.top_p in (None, 1.0)
+                and not self.banned_ids)
 
     def __call__(self, logp: Tensor, t: Tensor) -> Tensor:
         x = logp / self.temperature if self.temperature != 1.0 else logp

@@ -120,6 +120,7 @@ class Sampler:
         step_hooks: Sequence[StepHook] = (),
         keep_trajectory: bool = False,
         progress: Optional[Callable[[int, int], None]] = None,
+        posterior_filter: Optional[X0Hook] = None,
     ) -> SampleOutput:
         """Draw samples.
 
@@ -132,8 +133,13 @@ class Sampler:
             hooks, step_hooks: extra hooks for this call, after the sampler's own.
             keep_trajectory: keep every state and x0 estimate (on CPU).
             progress: called as ``progress(step, total)`` after each step.
+            posterior_filter: absorbing only: a logit filter on the joint reverse posterior of each
+                masked position (``AbsorbingProcess.reverse_step``; DiffusionBERT's official temperature
+                and top-k), instead of on the x0 estimate.
         """
         proc = self.process
+        if posterior_filter is not None and not isinstance(proc, AbsorbingProcess):
+            raise ValueError("posterior_filter applies to absorbing processes only")
         device = device or (x_init.device if x_init is not None else torch.device("cpu"))
         if x_init is not None:
             x = x_init.to(device)
@@ -143,7 +149,9 @@ class Sampler:
             x = proc.prior(shape, device=device)
         times = self.timesteps()
         x0_hooks, s_hooks = [*self.hooks, *hooks], [*self.step_hooks, *step_hooks]
-        step_kw = {"variance": self.variance} if self.variance is not None else {}
+        step_kw: dict = {"variance": self.variance} if self.variance is not None else {}
+        if posterior_filter is not None:
+            step_kw["posterior_filter"] = posterior_filter
         batch = x.shape[0]
         traj = [x.detach().cpu()] if keep_trajectory else None
         x0_traj: Optional[list[Tensor]] = [] if keep_trajectory else None

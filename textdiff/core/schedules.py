@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,12 @@ class NoiseSchedule(nn.Module, ABC):
         Returns:
             (B,) float, or (B, L) for a token-dependent schedule.
         """
+
+    def raw_alpha_bar(self, t: Tensor) -> Tensor:
+        """The curve as the official code writes it, before any normalisation to abar(0) = 1 (the sqrt
+        and IDDPM-cosine curves start below 1 there). Discretising by ratios makes the two the same chain;
+        only a non-linear map applied before discretising (``VarianceRescaled``) tells them apart. (B,)."""
+        return self.alpha_bar(t)
 
     def log_snr(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         """log(abar / (1 - abar)), finite at both ends. Same shape as ``alpha_bar``."""
@@ -92,6 +98,10 @@ class SqrtSchedule(NoiseSchedule):
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         return _clamp01((1 - torch.sqrt(t + self.s)) / (1 - math.sqrt(self.s)))
 
+    def raw_alpha_bar(self, t: Tensor) -> Tensor:
+        """1 - sqrt(t + s) (official ``get_named_beta_schedule("sqrt")``; 0.99 at t = 0), clamped at 0."""
+        return (1 - torch.sqrt(t + self.s)).clamp_min(0.0)
+
 
 class CosineSchedule(NoiseSchedule):
     """IDDPM cosine schedule (Nichol & Dhariwal 2021, eq. 17): abar = f(t)/f(0),
@@ -106,6 +116,10 @@ class CosineSchedule(NoiseSchedule):
 
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         return _clamp01(self._f(t) / self._f(torch.zeros_like(t)))
+
+    def raw_alpha_bar(self, t: Tensor) -> Tensor:
+        """f(t) itself (Difformer's ``get_named_beta_schedule("cosine")``, not divided by f(0))."""
+        return _clamp01(self._f(t))
 
 
 class CosineSquaredSchedule(NoiseSchedule):
@@ -180,6 +194,25 @@ class MutualSchedule(NoiseSchedule):
 
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         return 1 - t
+
+
+class VarianceRescaled(NoiseSchedule):
+    """Difformer's variance-preserving noise factor (``--vp-rf`` with ``--rescaling-factor F``, official
+    ``get_named_beta_schedule(name, T, F)``): abar' = abar / (F^2 - (F^2 - 1) abar), the SNR divided by F^2 at
+    unit variance, applied to the base's *raw* curve (``raw_alpha_bar``) as the official code does before
+    ``betas_for_alpha_bar`` discretises it. Wrap it in a ``DiscreteSchedule`` for the official chain."""
+
+    def __init__(self, base: NoiseSchedule, factor: float) -> None:
+        super().__init__()
+        if base.token_dependent:
+            raise TypeError("VarianceRescaled needs a token-independent base")
+        if factor <= 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        self.base, self.factor = base, float(factor)
+
+    def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
+        a, f2 = self.base.raw_alpha_bar(t), self.factor**2
+        return a / (f2 - (f2 - 1) * a)
 
 
 class DiscreteSchedule(NoiseSchedule):
@@ -274,8 +307,22 @@ class SpindleSchedule(NoiseSchedule):
         p_i(t) = clip(abar(t) + lam * sin(pi t) * (f_i - mean_j f_j), 0, max_keep),  p_i(0) = 1,
 
     with f = ``token_weight[x0]`` (log(1 + count) normalised to [0, 1]) and the mean over the
-    sentence's own non-pad tokens. Frequent tokens (large f) are kept longer, rare ones masked first.
-    At sampling time the caller passes argmax of the predicted x0 as ``x0``.
+    sentence's own tokens: the official ``collate_fn`` (``DDP_main.py``) centres f per example before
+    padding, on ids without [CLS]/[SEP]. Positions holding one of ``ignore_ids`` (PAD, and the frame
+    tokens a family never diffuses) take no part in the mean; the family sets them
+    (``DiffusionBERT`` does, from its tokenizer). Frequent tokens (large f) are kept longer, rare ones
+    masked first. At sampling time the caller passes argmax of the predicted x0 as ``x0``.
+
+    ⚠ The paper writes the weight as an entropy ratio, 1 - sum_j H_j / (n H_i); the official code (and
+    this class) uses centred log-frequencies. Same direction, different normalisation.
+
+    Args:
+        base: the token-independent keep-probability abar(t) (official: discretised ``MutualSchedule``).
+        token_weight: f (V,), or None until the family calls ``set_token_weight``.
+        lam: lambda (``--word_freq_lambda``, 0.3).
+        pad_id: shorthand for one id in ``ignore_ids``.
+        ignore_ids: ids excluded from the sentence mean (see ``set_ignore_ids``).
+        max_keep: the clip's upper end (0.999, official).
     """
 
     token_dependent = True
@@ -287,14 +334,32 @@ class SpindleSchedule(NoiseSchedule):
         lam: float = 0.3,
         pad_id: Optional[int] = None,
         max_keep: float = 0.999,
+        ignore_ids: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if base.token_dependent:
             raise TypeError("SpindleSchedule's base must be token-independent")
-        self.base, self.lam, self.pad_id, self.max_keep = base, float(lam), pad_id, float(max_keep)
+        self.base, self.lam, self.max_keep = base, float(lam), float(max_keep)
+        self.ignore_ids: tuple[int, ...] = ()
+        self.set_ignore_ids([*([] if pad_id is None else [pad_id]), *ignore_ids])
         self.register_buffer("token_weight", torch.zeros(0))
         if token_weight is not None:
             self.set_token_weight(token_weight)
+
+    @property
+    def pad_id(self) -> Optional[int]:
+        """The first of ``ignore_ids`` (None when there are none); kept for older callers."""
+        return self.ignore_ids[0] if self.ignore_ids else None
+
+    def set_ignore_ids(self, ids: Sequence[int]) -> None:
+        """Ids whose positions take no part in the sentence mean of f: PAD, and any token the family
+        never diffuses ([CLS]/[SEP] kept as a frame). Without them a padded row's mean is pulled towards
+        f[PAD] = 0 and every real token's keep-probability rises with the amount of padding."""
+        seen: dict[int, None] = {}
+        for i in ids:
+            if i is not None:
+                seen[int(i)] = None
+        self.ignore_ids = tuple(seen)
 
     def set_token_weight(self, token_weight: Tensor) -> None:
         """Set f (V,): log(1 + count) normalised to [0, 1] (``textdiff.data`` computes it from the
@@ -311,9 +376,12 @@ class SpindleSchedule(NoiseSchedule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def centred_weight(self, x0: Tensor) -> Tensor:
-        """f_i - mean_j f_j over each sentence's non-pad tokens: (B, L) ids -> (B, L) float."""
+        """f_i - mean_j f_j, the mean over each sentence's own tokens (positions whose id is not in
+        ``ignore_ids``; official ``process_fn_in_collate``): (B, L) ids -> (B, L) float."""
         f = self.token_weight[x0]
-        valid = (x0 != self.pad_id) if self.pad_id is not None else torch.ones_like(x0, dtype=torch.bool)
+        valid = torch.ones_like(x0, dtype=torch.bool)
+        for i in self.ignore_ids:
+            valid &= x0 != i
         return f - (f * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
 
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:

@@ -15,7 +15,14 @@ predicts z0_hat. Loss (all token-weighted means over real target tokens):
 Decoding (``task.py``, ``generator.py``): K of T steps (20), early stopping (the output is the z0
 estimate of the last call, 15 calls with 5 stopped), decoding F = 1 ⚠ (trained with F = 4), optional
 clamping; 2D parallel decoding: b1 lengths around the predicted one x b2 noise draws in one batch;
-the candidate with the best mean token log-prob, BLEU-MBR, or an autoregressive reranker wins.
+the candidate with the best mean token log-prob (``forward_output_layer``: log-softmax over the vocabulary,
+max, mean over the candidate's positions), BLEU-MBR (each candidate scored as the reference of the others, as
+``bleu_rerank``), or an autoregressive reranker wins.
+
+⚠ The paper calls its schedule "linear"; the official scripts train with ``--noise-schedule sqrt`` (the
+code's "linear" is the VP-SDE curve, ``VPLinearSchedule``), and textdiff's configs follow the scripts.
+The network's regularisation and initialisation are fairseq's (``DifformerNet``: residual dropout only,
+``--apply-bert-init``).
 """
 from __future__ import annotations
 

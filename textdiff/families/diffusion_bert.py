@@ -9,9 +9,22 @@ what is BERT-specific:
 - corpus statistics from the training split: the spindle's token weights f = log(1 + count) / max
   (cached to disk) and the length histogram used to draw sample lengths;
 - the frame: PAD (and, with ``keep_special``, BOS/[CLS] and EOS/[SEP]) is never masked, as the
-  official code diffuses only the tokens between [CLS] and [SEP];
-- one t per example (default) or one t per batch (``t_sharing="batch"``, the official
-  ``sample_t()``; its gradients have higher variance, which is why per-example is the default).
+  official code diffuses only the tokens between [CLS] and [SEP]; the same ids take no part in the
+  spindle's sentence mean of the token weights (official ``collate_fn`` centres them before padding).
+
+Defaults reproduce the official code (``DDP_main.py``, ``predict.py``, ``diffusion_word_freq.py``);
+the alternatives are named options:
+
+- ``t_sharing``: "batch" (official ``sample_t()``: one t for the whole batch) or "example" (one t per
+  sequence: lower-variance gradients);
+- ``length_mode``: "fixed" (official: every sample fills all L positions) or "sample" (lengths drawn
+  from the training length histogram: right for corpora of short sentences padded to L);
+- ``filter_on``: "posterior" (official ``discrete_diffusion_predict_fn``: temperature, top-k and top-p
+  act on the joint reverse posterior over {tokens, stay [MASK]}, so they also change when tokens are
+  revealed; ``predict.py``'s temperature 0.1 reveals almost everything in the last steps) or "x0" (they
+  act on p(x0 | x_t) only and the reveal probability is the schedule's);
+- the bound: K = T / ``nll_step_size`` steps (official ``discrete_diffusion_elbo`` with
+  ``eval_step_size=4``, K = 512 at T = 2048), whatever the sampler's K.
 """
 from __future__ import annotations
 
@@ -31,6 +44,8 @@ from textdiff.nn.bert import TimeConditionedBert
 
 log = logging.getLogger(__name__)
 
+FILTER_TARGETS = ("posterior", "x0")
+
 
 class DiffusionBERT(DiffusionModule):
     """DiffusionBERT.
@@ -43,16 +58,19 @@ class DiffusionBERT(DiffusionModule):
         pad_id, bos_id, eos_id: the tokenizer's special ids (``${tokens.*}`` in configs).
         max_len: L, the longest sequence (the data's ``max_len``).
         keep_special: never mask BOS/EOS ([CLS]/[SEP]); sampling then fixes them at both ends.
-        t_sharing: "example" (one t per sequence) or "batch" (one t for the batch, the official code).
-        length_mode: "sample" draws each sample's length from the training length histogram;
-            "fixed" fills all L positions (the official sampler; right for "block" data).
-        temperature, top_k, top_p: defaults of the x0 logit filter at sampling (the official
-            ``predict.py`` uses temperature 0.1 and top-k 30).
+        t_sharing: "batch" (one t for the batch, the official code) or "example" (one t per sequence).
+        length_mode: "fixed" fills all L positions (the official sampler; right for "block" data);
+            "sample" draws each sample's length from the training length histogram.
+        temperature, top_k, top_p: defaults of the sampling filter (the official ``predict.py`` uses
+            temperature 0.1 and top-k 30).
+        filter_on: where they act: "posterior" (official: the joint reveal posterior) or "x0".
         reuse_cache: at sampling, reuse the network output when no token changed since the last call;
             applied only to the time-agnostic backbone, where it is exact.
         word_freq_cache: file for the token counts (default: ``word_freq.pt`` beside the datamodule's
             tokenizer directory, when it has one).
-        nll_steps: K of the K-step chain whose bound ``nll_bound`` reports (default: the sampler's).
+        nll_steps: K of the K-step chain whose bound ``nll_bound`` reports (default: T / nll_step_size).
+        nll_step_size: the official ``eval_step_size`` (4): the bound's chain takes T / 4 steps of
+            stride 4 unless ``nll_steps`` says otherwise.
         sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay: see ``DiffusionModule``.
     """
 
@@ -65,14 +83,16 @@ class DiffusionBERT(DiffusionModule):
         eos_id: Optional[int] = None,
         max_len: Optional[int] = None,
         keep_special: bool = True,
-        t_sharing: Literal["example", "batch"] = "example",
-        length_mode: Literal["sample", "fixed"] = "sample",
+        t_sharing: Literal["batch", "example"] = "batch",
+        length_mode: Literal["fixed", "sample"] = "fixed",
         temperature: float = 1.0,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
+        filter_on: Literal["posterior", "x0"] = "posterior",
         reuse_cache: bool = True,
         word_freq_cache: Optional[str] = None,
         nll_steps: Optional[int] = None,
+        nll_step_size: int = 4,
         sampler: Optional[SamplerFactory] = None,
         optimizer: Optional[OptimizerFactory] = None,
         lr_scheduler: Optional[SchedulerFactory] = None,
@@ -90,6 +110,10 @@ class DiffusionBERT(DiffusionModule):
             raise ValueError(f"t_sharing must be 'example' or 'batch', got {t_sharing!r}")
         if length_mode not in ("sample", "fixed"):
             raise ValueError(f"length_mode must be 'sample' or 'fixed', got {length_mode!r}")
+        if filter_on not in FILTER_TARGETS:
+            raise ValueError(f"filter_on must be one of {FILTER_TARGETS}, got {filter_on!r}")
+        if nll_step_size < 1:
+            raise ValueError(f"nll_step_size must be >= 1, got {nll_step_size}")
         if keep_special and (bos_id is None or eos_id is None):
             raise ValueError("keep_special=True needs bos_id and eos_id")
         self.backbone = backbone
@@ -98,9 +122,12 @@ class DiffusionBERT(DiffusionModule):
         if self.max_len > backbone.max_len:
             raise ValueError(f"max_len={self.max_len} exceeds the backbone's {backbone.max_len} positions")
         self.keep_special, self.t_sharing, self.length_mode = bool(keep_special), t_sharing, length_mode
-        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        self.temperature, self.top_k, self.top_p, self.filter_on = float(temperature), top_k, top_p, filter_on
         self.reuse_cache, self.word_freq_cache, self.nll_steps = bool(reuse_cache), word_freq_cache, nll_steps
+        self.nll_step_size = int(nll_step_size)
         self.register_buffer("length_counts", torch.zeros(0, dtype=torch.long))
+        if self.spindle:  # the spindle's sentence mean covers the diffused tokens only (official collate_fn)
+            process.schedule.set_ignore_ids(self.frame_ids())
 
     # ----- corpus statistics -----
     @property
@@ -138,6 +165,10 @@ class DiffusionBERT(DiffusionModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----- pieces -----
+    def frame_ids(self) -> list[int]:
+        """Ids never diffused: PAD, and BOS/EOS ([CLS]/[SEP]) with ``keep_special``."""
+        return [self.pad_id] + ([int(self.bos_id), int(self.eos_id)] if self.keep_special else [])
+
     def keep_mask(self, ids: Tensor) -> Tensor:
         """Positions never masked: PAD, and BOS/EOS with ``keep_special``. (B, L) -> (B, L) bool."""
         keep = ids == self.pad_id
@@ -200,6 +231,7 @@ class DiffusionBERT(DiffusionModule):
         temperature: Optional[float] = None,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
+        filter_on: Optional[str] = None,
         hooks: Sequence[Any] = (),
         step_hooks: Sequence[Any] = (),
         return_output: bool = False,
@@ -211,7 +243,7 @@ class DiffusionBERT(DiffusionModule):
             num_samples: N. seq_len: L (default ``max_len``); lengths: (N,) per-sample lengths
                 (default: drawn as ``length_mode`` says).
             seed: seeds the sampler's generator (same seed, same samples).
-            temperature, top_k, top_p: override the model's logit-filter defaults.
+            temperature, top_k, top_p, filter_on: override the model's sampling-filter defaults.
             hooks, step_hooks: extra sampler hooks; return_output: also return the last ``SampleOutput``.
             **sampler_overrides: e.g. ``num_steps=64``, ``eta=0``, ``reuse_unchanged=False``.
 
@@ -225,41 +257,64 @@ class DiffusionBERT(DiffusionModule):
             lengths = self.draw_lengths(num_samples, L, gen)
         sampler_overrides.setdefault("reuse_unchanged", self.reuse_cache and self.backbone.time_mode == "none")
         sampler = self.build_sampler(**sampler_overrides)
-        banned = [self.pad_id] + ([self.bos_id, self.eos_id] if self.keep_special else [])
+        where = filter_on or self.filter_on
+        if where not in FILTER_TARGETS:
+            raise ValueError(f"filter_on must be one of {FILTER_TARGETS}, got {where!r}")
         filt = LogitFilter(top_k=self.top_k if top_k is None else top_k, top_p=self.top_p if top_p is None else top_p,
-                           temperature=self.temperature if temperature is None else temperature,
-                           banned_ids=banned)
+                           temperature=self.temperature if temperature is None else temperature)
+        frame = LogitFilter(banned_ids=self.frame_ids())  # the frame tokens are never an x0 prediction
+        x0_hooks = [frame, filt] if where == "x0" else [frame]
+        posterior = filt if where == "posterior" and not filt.is_identity else None
         dev_gen = gen if self.device.type == "cpu" or gen is None else torch.Generator(self.device).manual_seed(seed)
         chunks, out, nfe = [], None, []
         for start in range(0, num_samples, batch_size):
             init = self.initial_state(lengths[start:start + batch_size].to(self.device), L)
             out = sampler.sample(lambda x, t, sc: self.denoise(x, t), tuple(init.shape), x_init=init,
-                                 generator=dev_gen, device=self.device, hooks=[filt, *hooks], step_hooks=step_hooks)
+                                 generator=dev_gen, device=self.device, hooks=[*x0_hooks, *hooks],
+                                 step_hooks=step_hooks, posterior_filter=posterior)
             chunks.append(out.x)
             nfe.append(out.row_evals / init.shape[0])
         self.train(was_training)
         # network evaluations per sequence (K without the cache)
-        self.last_sample_stats = {"reuse_unchanged": sampler.reuse_unchanged, "nfe_per_sequence": sum(nfe) / len(nfe)}
+        self.last_sample_stats = {"reuse_unchanged": sampler.reuse_unchanged, "nfe_per_sequence": sum(nfe) / len(nfe),
+                                  "filter_on": where}
         ids = torch.cat(chunks)
         return (ids, out) if return_output else ids
 
     # ----- likelihood -----
+    def bound_steps(self) -> int:
+        """K of the chain whose bound ``nll_bound`` reports by default: ``nll_steps``, else
+        T / ``nll_step_size`` (the official ``discrete_diffusion_elbo``, ``eval_step_size=4``)."""
+        if self.nll_steps:
+            return int(self.nll_steps)
+        T = self.num_train_steps
+        if not T:
+            raise ValueError("the bound needs a discrete-time schedule (T steps) or model.nll_steps")
+        if T % self.nll_step_size:  # the official code asserts num_steps % eval_step_size == 0
+            raise ValueError(f"nll_step_size={self.nll_step_size} does not divide T={T}")
+        return T // self.nll_step_size
+
     @torch.no_grad()
     def nll_bound(self, batch: Batch, num_t: int = 1, num_steps: Optional[int] = None,
-                  spacing: Optional[str] = None) -> dict[str, Tensor]:
+                  spacing: str = "even") -> dict[str, Tensor]:
         """The bound on -log p(x) (nats per sequence) of the K-step reverse chain
         (``AbsorbingProcess.nll``; the official ``discrete_diffusion_elbo``), averaged over ``num_t``
-        draws. K = ``num_steps`` or ``nll_steps`` or the sampler's, on the time grid ``spacing``
-        (default: the sampler's). Only diffused tokens count
-        (not PAD, nor BOS/EOS with ``keep_special``). Returns "nll" (B,) and "tokens" (B,)."""
+        draws. K = ``num_steps`` or ``bound_steps()`` (official: T / 4), on the time grid ``spacing``
+        ("even": K equal strides from t = 1, the official ``eval_step_size`` walk). Only diffused tokens
+        count (not PAD, nor BOS/EOS with ``keep_special``). Returns "nll" (B,), "tokens" (B,) and "steps" (B,)
+        (the K used).
+
+        ⚠ Like the official ELBO it is a bound of a chain, not of the sampler at another K. Unlike it, the
+        model's reveal probability under the spindle reads argmax x0_hat, as the sampler does (the official
+        ELBO passes the true tokens' word frequencies to the model's posterior too), so this is a bound of
+        the chain that is actually sampled; the two numbers are close but not identical.
+        """
         was_training = self.training
         self.eval()
         ids = batch["ids"]
         keep = self.keep_mask(ids)
-        sampler = self.build_sampler()
-        K = int(num_steps or self.nll_steps or sampler.num_steps)
+        K = int(num_steps or self.bound_steps())
         draws = max(int(num_t), 1)
-        grid = spacing or sampler.spacing
-        nll = sum(self.process.nll(self.denoise, ids, K, keep=keep, spacing=grid) for _ in range(draws)) / draws
+        nll = sum(self.process.nll(self.denoise, ids, K, keep=keep, spacing=spacing) for _ in range(draws)) / draws
         self.train(was_training)
-        return {"nll": nll, "tokens": (~keep).sum(-1).float()}
+        return {"nll": nll, "tokens": (~keep).sum(-1).float(), "steps": torch.full_like(nll, float(K))}

@@ -112,9 +112,12 @@ class DiffusionLM(DiffusionModule):
         xt = self.process.q_sample(x0, t, noise)
         out = self.denoise(xt, t, mask)
         mse = self.process.loss(out, x0, t, noise, mask)  # (B,)
-        if self.process.prediction == "x0":  # at the first step the target is EMB(w) itself
-            first = torch.isclose(t, self.first_step_time(len(t)))
-            mse = torch.where(first, masked_mean((out - emb) ** 2, mask), mse)
+        # at the first step the loss is ||x0_hat - EMB(w)||^2 whatever the parameterisation (official
+        # training_losses_e2e: t0_loss on x0_helper(model_output)["pred_xstart"])
+        first = torch.isclose(t, self.first_step_time(len(t)))
+        if first.any():
+            x0_hat = self.process.to_x0(out, xt, t)
+            mse = torch.where(first, masked_mean((x0_hat - emb) ** 2, mask), mse)
         prior = self.process.prior_loss(x0, mask)
         ce = F.cross_entropy(self.logits(x0).transpose(1, 2), ids, reduction="none")  # (B, L)
         rounding = masked_mean(ce.unsqueeze(-1), mask)
@@ -226,10 +229,13 @@ class DiffusionLM(DiffusionModule):
         B, proc, dev = ids.shape[0], self.process, self.device
         emb, x0 = self.embed_x0(ids)
 
+        def x0_hat(xt: Tensor, t: Tensor) -> Tensor:  # the network's x0 estimate (x0 or eps prediction)
+            return proc.to_x0(self.denoise(xt, t, mask), xt, t)
+
         def kl_at(k: Tensor) -> Tensor:
             t, s = k / T, (k - 1) / T
             xt = proc.q_sample(x0, t)
-            return proc.kl_step(x0, xt, self.denoise(xt, t, mask), t, s, mask)
+            return proc.kl_step(x0, xt, x0_hat(xt, t), t, s, mask)
 
         head = min(max(exact_steps, 1), T)
         diffusion = sum((kl_at(torch.full((B,), float(k), device=dev)) for k in range(2, head + 1)),
@@ -245,7 +251,7 @@ class DiffusionLM(DiffusionModule):
         x1 = proc.q_sample(x0, t1)
         _, var_clip = proc.posterior(x0, x1, torch.full((B,), 2.0 / T, device=dev), t1)
         sigma0_sq = (1 - proc.schedule.alpha_bar(t1)).view(-1, 1, 1)
-        decoder = gaussian_nll(x0, self.denoise(x1, t1, mask), var_clip, mask) - gaussian_nll(x0, emb, sigma0_sq, mask)
+        decoder = gaussian_nll(x0, x0_hat(x1, t1), var_clip, mask) - gaussian_nll(x0, emb, sigma0_sq, mask)
         ce = F.cross_entropy(self.logits(x0).transpose(1, 2), ids, reduction="none")
         rounding = masked_sum(ce.unsqueeze(-1), mask)
         prior = proc.kl_prior(x0, mask)

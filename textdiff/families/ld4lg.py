@@ -6,7 +6,7 @@
 * Stage 1, ``LatentAutoencoder``: the frozen BART, a Perceiver compression network (encoder states ->
   32 x 64 latents, each of norm sqrt(64)) and a reconstruction network (latents -> 32 x d_model memory
   for the frozen decoder); only those two train, on the decoder's reconstruction loss (LD4LG §3.1).
-* Stage 2, ``LD4LG``: continuous-time Gaussian diffusion on the normalised latents (cos^2 schedule with
+* Stage 2, ``LD4LG``: continuous-time Gaussian diffusion on the L2-normalised latents (cos^2 schedule with
   its logSNR clamp and scale, v-prediction, alpha-conditioning, self-conditioning with a learned null
   vector), class-conditional generation with classifier-free guidance or a seq2seq variant that
   cross-attends to the frozen encoder's states of a source; samples decode through the reconstruction
@@ -19,14 +19,17 @@ module composes it with the BART pieces.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from textdiff.core.gaussian import GaussianProcess, masked_mean
 from textdiff.core.guidance import ClassifierFreeGuidance
+from textdiff.core.hooks import L2Renormalize
 from textdiff.core.types import Batch
 from textdiff.data.datamodule import pad_sequences
 from textdiff.data.samplers import process_position
@@ -37,6 +40,8 @@ from textdiff.nn.ld4lg import LatentDenoiser
 __all__ = ["OFFICIAL_GENERATE", "BartDenoiser", "LatentAutoencoder", "LD4LG"]
 
 log = logging.getLogger(__name__)
+
+RENORMALIZE = ("official", "always", "off")
 
 
 def _pad_rows(rows: Sequence[Tensor], pad_id: int) -> Tensor:
@@ -62,8 +67,18 @@ class LD4LG(DiffusionModule):
         guidance_weight: default classifier-free guidance weight w (1 = plain conditional sampling).
         seq2seq: condition on a source text through the frozen BART encoder (``generate(src_ids, src_mask)``).
         normalize_latents: standardise latents with the mean (per dim) and std (one scalar) of the first
-            training batch (official ``--normalize_latent``); kept in buffers, so checkpoints carry them.
-            Under DDP/FSDP: of the union of the ranks' first batches, the same on every rank.
+            training batch (official ``--normalize_latent``, off by default); kept in buffers, so checkpoints
+            carry them. Under DDP/FSDP: of the union of the ranks' first batches, the same on every rank.
+            Refused with an L2-normalising autoencoder, as the official trainer asserts: that flag belongs to
+            its no-autoencoder baseline, and dividing norm-sqrt(d) latents by a pooled std below 1 would raise
+            every SNR.
+        l2_renormalize: with an L2-normalising autoencoder, where x0_hat is rescaled to norm sqrt(d) (official
+            ``F.normalize(x) * sqrt(d)``, then eps and v re-derived from it): "official" = the self-conditioning
+            input in training (every run) and x0_hat at every sampling step of the seq2seq sampler only;
+            "always" = also at every step of the unconditional and class-conditional samplers; "off" = never.
+            ⚠ The official code thus trains unconditional models on renormalised self-conditioning inputs but
+            samples them without renormalisation (its ``sample()`` does not pass ``l2_normalize``), a
+            train/sample mismatch that "official" reproduces and "always" removes.
         loss_type: "l2" (official default) or "l1" (the paper's seq2seq setting) on the v target.
         generate_kwargs: BART ``generate`` settings for decoding samples (default ``OFFICIAL_GENERATE``).
         no_decay_below_ndim: 2 (default) = the official AdamW groups: weight decay only on
@@ -89,7 +104,9 @@ class LD4LG(DiffusionModule):
                  vocab_size: Optional[int] = None,
                  sampler: Optional[SamplerFactory] = None, self_condition_prob: float = 0.5,
                  class_dropout: float = 0.1, context_dropout: float = 0.1, guidance_weight: float = 1.0,
-                 seq2seq: bool = False, normalize_latents: bool = True, loss_type: Literal["l2", "l1"] = "l2",
+                 seq2seq: bool = False, normalize_latents: bool = False,
+                 l2_renormalize: Literal["official", "always", "off"] = "official",
+                 loss_type: Literal["l2", "l1"] = "l2",
                  generate_kwargs: Optional[dict[str, Any]] = None, optimizer: Optional[OptimizerFactory] = None,
                  lr_scheduler: Optional[SchedulerFactory] = None, time_sampling: str = "uniform",
                  time_eps: float = 0.0, ema_decay: Optional[float] = None,
@@ -113,6 +130,14 @@ class LD4LG(DiffusionModule):
         self.autoencoder = ae.eval()
         if loss_type not in ("l2", "l1"):
             raise ValueError(f"loss_type must be 'l2' or 'l1', got {loss_type!r}")
+        if l2_renormalize not in RENORMALIZE:
+            raise ValueError(f"l2_renormalize must be one of {RENORMALIZE}, got {l2_renormalize!r}")
+        if normalize_latents and ae.l2_normalize:
+            raise ValueError(
+                "normalize_latents=true with an autoencoder that L2-normalises its latents (l2_normalize=true): the "
+                "official trainer refuses this combination (`assert not args.normalize_latent`); set "
+                "model.normalize_latents=false (the default). Runs trained with both before this check cannot be "
+                "rebuilt with this class.")
         if denoiser.latent_dim != ae.latent_dim or denoiser.max_len < ae.num_latents:
             raise ValueError(f"denoiser (latent_dim={denoiser.latent_dim}, max_len={denoiser.max_len}) does not fit "
                              f"the autoencoder's {ae.num_latents} x {ae.latent_dim} latents")
@@ -128,6 +153,7 @@ class LD4LG(DiffusionModule):
         self.self_condition_prob = float(self_condition_prob) if denoiser.self_condition else 0.0
         self.class_dropout, self.context_dropout = float(class_dropout), float(context_dropout)
         self.guidance_weight, self.normalize_latents, self.loss_type = float(guidance_weight), normalize_latents, loss_type
+        self.l2_renormalize = l2_renormalize if ae.l2_normalize else "off"  # only L2 latents are renormalised
         self.generate_kwargs = {**ae.generate_kwargs, **dict(generate_kwargs or {})}
         self.register_buffer("latent_mean", torch.zeros(ae.latent_dim))
         self.register_buffer("latent_scale", torch.ones(()))
@@ -182,6 +208,14 @@ class LD4LG(DiffusionModule):
         self.latent_mean.copy_(mean)
         self.latent_scale.copy_((sq / (head[-1] * x.shape[1])).sqrt().squeeze(0))
 
+    def renormalize(self, x0: Tensor) -> Tensor:
+        """x0_hat (B, N, d) rescaled to norm sqrt(d) per latent (official ``F.normalize(x, dim=-1) * sqrt(d)``)."""
+        return F.normalize(x0, dim=-1) * math.sqrt(x0.shape[-1])
+
+    def renormalizes_when_sampling(self) -> bool:
+        """Whether this model's sampler renormalises x0_hat at every step (``l2_renormalize``)."""
+        return self.l2_renormalize == "always" or (self.l2_renormalize == "official" and self.conditional)
+
     def unnormalize(self, x: Tensor) -> Tensor:
         """Back to the autoencoder's latent space: x * scale + mean, (B, N, d)."""
         return x * self.latent_scale + self.latent_mean
@@ -232,6 +266,8 @@ class LD4LG(DiffusionModule):
         if self.self_condition_prob > 0 and float(torch.rand(())) < self.self_condition_prob:
             with torch.no_grad():  # Chen et al. 2023 self-conditioning: a first pass, stop-gradient
                 self_cond = self.process.to_x0(self.net(xt, t, None, **kw), xt, t).detach()
+                if self.l2_renormalize != "off":  # official forward(): renormalised whenever the AE L2-normalises
+                    self_cond = self.renormalize(self_cond)
         out = self.net(xt, t, self_cond, **kw)
         target = self.process.target(x0, noise, t)
         err = (out - target) ** 2 if self.loss_type == "l2" else (out - target).abs()
@@ -254,8 +290,11 @@ class LD4LG(DiffusionModule):
             return self.net(x, t, sc, class_ids=null, context=context, context_mask=context_mask, drop_context=drop)
 
         guided = ClassifierFreeGuidance(cond, uncond, weight if (class_ids is not None or context is not None) else 1.0)
+        # official diffusion_model_predictions(l2_normalize=True): x0_hat renormalised at every step and the
+        # reverse step taken from it (our steps use the posterior at x0_hat, which re-derives eps_hat)
+        hooks = [L2Renormalize()] if self.renormalizes_when_sampling() else []
         out = sampler.sample(guided, (n, self.autoencoder.num_latents, self.autoencoder.latent_dim),
-                             generator=generator, device=self.device)
+                             generator=generator, device=self.device, hooks=hooks)
         return out.x0, guided.nfe  # the official sampler returns x0_hat at the last step
 
     @torch.no_grad()

@@ -108,6 +108,11 @@ class BartDenoiser(TextModule):
         """V of the BART."""
         return int(self.bart.config.vocab_size)
 
+    @property
+    def l2_normalize(self) -> bool:
+        """Whether each latent is rescaled to norm sqrt(latent_dim) (``--l2_normalize_latent``)."""
+        return bool(self.compressor.l2_normalize)
+
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
         ids, mask = batch["ids"], batch["mask"]
         src, src_mask = text_infilling(ids, mask, self.mask_id, self.pad_id, self.mask_ratio, self.poisson_lambda)
@@ -209,6 +214,11 @@ class LatentAutoencoder(TextModule):
     def vocab_size(self) -> int:
         """V of the BART."""
         return int(self.bart.config.vocab_size)
+
+    @property
+    def l2_normalize(self) -> bool:
+        """Whether each latent is rescaled to norm sqrt(latent_dim) (``--l2_normalize_latent``)."""
+        return bool(self.compressor.l2_normalize)
 
     def train(self, mode: bool = True) -> "LatentAutoencoder":
         """As ``nn.Module.train``, but a frozen BART stays in eval mode (no dropout)."""

@@ -10,6 +10,15 @@
 - The embedding LayerNorm has the two placements of the official code: "after_proj" (on the d-wide
   decoder input; the scripts' choice) and "before_proj" (on z0 itself, in latent space); "none" ablates it.
 - A length classifier over the mean-pooled encoder output (``LengthPredictor``).
+- Regularisation as fairseq's: ``dropout`` on the embeddings, the residual branches and the self-conditioning
+  FFN; ``attention_dropout`` and ``activation_dropout`` (fairseq ``base_architecture``: 0, and the scripts do
+  not set them) on the attention weights and the FFN activation.
+- Initialisation (``init="official"``): the decoder side (its projections, positions, time and
+  self-conditioning FFNs, layers, the length head and the shared embedding) from N(0, 0.02) as
+  ``--apply-bert-init`` (``decoder.apply(init_bert_params)``); encoder positions from N(0, dim^-1/2) as
+  fairseq's learned ``PositionalEmbedding``; the encoder layers keep torch's initialisation (fairseq's
+  attention uses Xavier with gain 1/sqrt(2) there, a small difference). ``init="torch"`` is the earlier
+  behaviour: torch's defaults, positions from N(0, 1).
 """
 from __future__ import annotations
 
@@ -19,10 +28,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from textdiff.nn.layers import timestep_embedding
+from textdiff.nn.layers import bert_init_, set_layer_dropouts, timestep_embedding
 from textdiff.nn.length import LengthPredictor
 
 EMBED_NORMS = ("none", "after_proj", "before_proj")
+INITS = ("official", "torch")
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -43,7 +53,10 @@ class DifformerNet(nn.Module):
         ffn_dim: feed-forward width (iwslt 1024, base 2048).
         max_len: maximum target length L (learned decoder positions).
         max_src_len: maximum source length S (learned encoder positions).
-        dropout: dropout of embeddings, layers and the self-conditioning FFN (iwslt 0.3).
+        dropout: dropout of the embeddings, the layers' residual branches and the self-conditioning FFN
+            (iwslt 0.3).
+        attention_dropout: dropout on the attention weights (fairseq default 0).
+        activation_dropout: dropout after the FFN activation (fairseq default 0).
         activation: "relu" (fairseq default), "gelu" or "silu".
         embed_norm: "after_proj", "before_proj" or "none" (ablation).
         embed_norm_affine: learn the LayerNorm's scale and shift (the scripts' ``--embed-norm-affine``).
@@ -52,6 +65,8 @@ class DifformerNet(nn.Module):
         length_classes: number of length classes (256); length_offset: predict the offset to the
             source length (``--pred-length-offset``).
         scale_embedding: multiply E by sqrt(latent_dim) (False = fairseq ``--no-scale-embedding``).
+        init: "official" (the scripts' ``--apply-bert-init`` on the decoder side, fairseq's encoder positions)
+            or "torch" (torch's defaults and N(0, 1) positions).
     """
 
     def __init__(
@@ -66,6 +81,8 @@ class DifformerNet(nn.Module):
         max_len: int = 64,
         max_src_len: int = 128,
         dropout: float = 0.3,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
         activation: str = "relu",
         embed_norm: str = "after_proj",
         embed_norm_affine: bool = True,
@@ -74,6 +91,7 @@ class DifformerNet(nn.Module):
         length_classes: int = 256,
         length_offset: bool = True,
         scale_embedding: bool = True,
+        init: str = "official",
     ) -> None:
         super().__init__()
         if embed_norm not in EMBED_NORMS:
@@ -82,6 +100,8 @@ class DifformerNet(nn.Module):
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.vocab_size, self.latent_dim, self.dim = int(vocab_size), int(latent_dim), int(dim)
         self.max_len, self.max_src_len = int(max_len), int(max_src_len)
         self.embed_norm_position, self.self_condition = embed_norm, bool(self_condition)
@@ -99,9 +119,23 @@ class DifformerNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         kw = dict(d_model=dim, nhead=heads, dim_feedforward=ffn_dim, dropout=dropout, activation=activation,
                   batch_first=True, norm_first=False)
-        self.encoder = nn.ModuleList([nn.TransformerEncoderLayer(**kw) for _ in range(enc_depth)])
-        self.decoder = nn.ModuleList([nn.TransformerDecoderLayer(**kw) for _ in range(dec_depth)])
+        drops = dict(attention=attention_dropout, activation=activation_dropout)
+        self.encoder = nn.ModuleList([set_layer_dropouts(nn.TransformerEncoderLayer(**kw), **drops)
+                                      for _ in range(enc_depth)])
+        self.decoder = nn.ModuleList([set_layer_dropouts(nn.TransformerDecoderLayer(**kw), **drops)
+                                      for _ in range(dec_depth)])
         self.length = LengthPredictor(dim, length_classes, offset=length_offset)
+        if init == "official":
+            nn.init.normal_(self.enc_pos.weight, std=dim ** -0.5)  # fairseq LearnedPositionalEmbedding
+            for module in self.decoder_side():  # --apply-bert-init: decoder.apply(init_bert_params)
+                bert_init_(module)
+
+    def decoder_side(self) -> list[nn.Module]:
+        """The modules of the official ``DifformerDecoder`` (what ``--apply-bert-init`` initialises): the shared
+        embedding, the decoder's projections, positions, time and self-conditioning FFNs, its layers and the
+        length head (fairseq NAT keeps ``embed_length`` in the decoder)."""
+        mods = [self.embedding, self.dec_in, self.dec_out, self.dec_pos, self.time, self.decoder, self.length]
+        return mods + ([self.self_cond_proj] if self.self_cond_proj is not None else [])
 
     # ----- embeddings and read-out -----
     def embed(self, ids: Tensor) -> Tensor:

@@ -46,3 +46,39 @@ def masked_mean_pool(x: Tensor, mask: Optional[Tensor]) -> Tensor:
         return x.mean(1)
     m = mask.to(x.dtype).unsqueeze(-1)
     return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def set_layer_dropouts(layer: nn.Module, attention: float, activation: float) -> nn.Module:
+    """Give a torch ``TransformerEncoderLayer``/``TransformerDecoderLayer`` fairseq's separate dropout rates.
+
+    torch's layers use their one ``dropout`` for the residual branches, the attention weights and the FFN
+    activation; fairseq has ``dropout`` (residual branches), ``attention_dropout`` (attention weights) and
+    ``activation_dropout`` (between the FFN's two linear maps), the last two 0 by default
+    (``transformer.base_architecture``). This keeps the residual rate and sets the other two. Returns ``layer``.
+    """
+    if not 0.0 <= attention < 1.0 or not 0.0 <= activation < 1.0:
+        raise ValueError(f"dropout rates must be in [0, 1), got attention={attention}, activation={activation}")
+    for name in ("self_attn", "multihead_attn"):
+        attn = getattr(layer, name, None)
+        if isinstance(attn, nn.MultiheadAttention):
+            attn.dropout = float(attention)
+    if not isinstance(getattr(layer, "dropout", None), nn.Dropout):
+        raise TypeError(f"{type(layer).__name__} has no FFN activation dropout to set")
+    layer.dropout = nn.Dropout(activation)
+    return layer
+
+
+def bert_init_(module: nn.Module, std: float = 0.02) -> None:
+    """fairseq's ``init_bert_params`` (``--apply-bert-init``) on every submodule of ``module``: linear and
+    embedding weights and attention input projections from N(0, std^2), their biases 0; LayerNorms untouched."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            nn.init.normal_(m.in_proj_weight, std=std)
+            if m.in_proj_bias is not None:
+                nn.init.zeros_(m.in_proj_bias)
