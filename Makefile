@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install test test-slow test-all quickstart bench train sweep lint clean
+.PHONY: help install test test-slow test-all test-presets quickstart bench train sweep lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ test-slow: install  ## the slow tests only (minutes each)
 
 test-all: install  ## every CPU test
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-presets: install  ## each conf/experiment preset at full size on CPU: 2 steps + sampling (~1.5 h; PRESETS_ARGS=...)
+	$(BIN)/python -m benchmarks.presets --readme experiments/README.md $(PRESETS_ARGS)
 
 quickstart: install  ## train a small Diffusion-LM on CPU, sample, print scores (QS_ARGS=... for overrides)
 	$(BIN)/python -m textdiff.cli.quickstart $(QS_ARGS)
