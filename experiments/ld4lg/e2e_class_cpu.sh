@@ -6,7 +6,8 @@
 set -euo pipefail
 OUT=${1:-outputs/experiments/ld4lg_e2e_class_cpu}
 BIN=${BIN:-.venv/bin}
-STEPS0=${STEPS0:-3000}; STEPS1=${STEPS1:-1500}; STEPS2=${STEPS2:-3000}
+# the presets' own budgets, as in experiments/README.md (set these for longer runs)
+STEPS0=${STEPS0:-1500}; STEPS1=${STEPS1:-1500}; STEPS2=${STEPS2:-2000}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 "$BIN/textdiff-train" experiment=classifier_e2e_cpu hydra.run.dir="$OUT/classifier"
@@ -16,5 +17,5 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 "$BIN/textdiff-train" experiment=ld4lg_e2e_class_cpu trainer.max_steps="$STEPS2" \
   model.autoencoder_path="$OUT/ae/checkpoints/last.ckpt" eval.classifier="$OUT/classifier" hydra.run.dir="$OUT/diffusion"
 for W in 0 3; do   # w = 1 is the training run's own evaluation
-  "$BIN/textdiff-sample" run_dir="$OUT/diffusion" generate.guidance_weight=$W suffix=_w$W
+  "$BIN/textdiff-sample" run_dir="$OUT/diffusion" generate.guidance_weight=$W num_samples=300 suffix=_w$W
 done
