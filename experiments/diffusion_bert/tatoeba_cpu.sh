@@ -12,11 +12,11 @@ RUN="$OUT/trained"
 "$BIN/textdiff-train" experiment=diffusion_bert_tatoeba_cpu trainer.max_steps=0 hydra.run.dir="$OUT/step0"
 "$BIN/textdiff-train" experiment=diffusion_bert_tatoeba_cpu hydra.run.dir="$RUN"
 for K in 2 8 16 64 128; do
-  "$BIN/textdiff-sample" run_dir="$RUN" sampler.num_steps=$K nll_batches=0 suffix=_k$K
+  "$BIN/textdiff-sample" run_dir="$RUN" ckpt=last sampler.num_steps=$K nll_batches=0 suffix=_k$K
 done
 for K in 128 512 2048; do
-  "$BIN/textdiff-sample" run_dir="$RUN" sampler.num_steps=$K num_samples=100 nll_batches=0 \
+  "$BIN/textdiff-sample" run_dir="$RUN" ckpt=last sampler.num_steps=$K num_samples=100 nll_batches=0 \
     sampler.reuse_unchanged=true suffix=_k${K}_cache
-  "$BIN/textdiff-sample" run_dir="$RUN" sampler.num_steps=$K num_samples=100 nll_batches=0 \
+  "$BIN/textdiff-sample" run_dir="$RUN" ckpt=last sampler.num_steps=$K num_samples=100 nll_batches=0 \
     sampler.reuse_unchanged=false suffix=_k${K}_nocache
 done

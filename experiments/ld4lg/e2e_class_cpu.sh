@@ -17,5 +17,5 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 "$BIN/textdiff-train" experiment=ld4lg_e2e_class_cpu trainer.max_steps="$STEPS2" \
   model.autoencoder_path="$OUT/ae/checkpoints/last.ckpt" eval.classifier="$OUT/classifier" hydra.run.dir="$OUT/diffusion"
 for W in 0 3; do   # w = 1 is the training run's own evaluation
-  "$BIN/textdiff-sample" run_dir="$OUT/diffusion" generate.guidance_weight=$W num_samples=300 suffix=_w$W
+  "$BIN/textdiff-sample" run_dir="$OUT/diffusion" ckpt=last generate.guidance_weight=$W num_samples=300 suffix=_w$W
 done
