@@ -550,10 +550,9 @@ def _network(cfg: Any) -> dict[str, Any]:
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Compose the spec's overrides, run ``textdiff.cli.train.train`` with a ``StepProbe`` and return the
     measurements (or the error)."""
-    import resource
-
     import torch
 
+    from benchmarks.common import process_peak_rss_mb
     from benchmarks.preset_probe import StepProbe
 
     out: dict[str, Any] = {"status": "error"}
@@ -585,7 +584,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         out["error"] = f"{type(err).__name__}: {err}"
         out["traceback"] = traceback.format_exc()
     out["seconds"] = round(time.perf_counter() - start, 1)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = round(process_peak_rss_mb(), 1)
     out["threads"] = torch.get_num_threads()
     return out
 
