@@ -19,7 +19,7 @@ tokenizer and no disk in the timings.
 
 Entries, each on a freshly built model: ``eager`` (fp32), ``bf16_autocast``
 (``torch.autocast(device, dtype=torch.bfloat16)`` around the loss and around ``generate``, as
-``trainer.precision=bf16-mixed`` does in training) and ``compile`` (``textdiff.compilation.compile_networks``,
+``trainer.precision=bf16-mixed`` does in training) and ``compile`` (``textdiff.run.compilation.compile_networks``,
 what ``textdiff-train compile=true`` does; an error is recorded instead of raised). For each:
 
 - training: tokens/s of forward + backward + optimizer step (+ gradient clipping when the preset clips)
@@ -410,7 +410,7 @@ def run_entry(spec: FamilySpec, kind: str, device: str, settings: Settings) -> d
     ("eager", "bf16_autocast" or "compile"). A failure of a phase is recorded as ``{"error": ...}``."""
     from omegaconf import OmegaConf
 
-    from textdiff.compilation import compile_networks
+    from textdiff.run.compilation import compile_networks
 
     model, cfg, _ = build_model(spec, device)
     prepare(spec, model, cfg)

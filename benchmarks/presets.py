@@ -161,7 +161,7 @@ class Plan:
     """What a preset needs beyond its own file: fixed Hydra ``overrides``; ``chain`` (its stage-1 checkpoint
     goes to ``model.autoencoder_path``, or ``compare.ld4lg_autoencoder`` for a comparison entrant); ``bart_of``
     (that chain's stage-0 export goes to ``model.bart_path``); ``diffusion`` (a ``DIFFUSION_RUNS`` checkpoint for
-    ``model.diffusion_path``); ``compare_tokenizer`` (a ``COMPARE_TOKENIZERS`` directory for ``compare.tokenizer``)."""
+    ``model.diffusion.checkpoint``); ``compare_tokenizer`` (a ``COMPARE_TOKENIZERS`` directory for ``compare.tokenizer``)."""
 
     overrides: tuple[str, ...] = ()
     chain: Optional[str] = None
@@ -503,8 +503,8 @@ def plan_run(preset: str, standins: StandIns, run_dir: Path, force_batch: Option
         base.append(f"model.bart_path={bart}")
         notes.append(f"model.bart_path: untrained stage-0 export of chain {plan.bart_of} ({CHAINS[plan.bart_of].doc})")
     if plan.diffusion:
-        base.append(f"model.diffusion_path={standins.diffusion_run(plan.diffusion)}")
-        notes.append(f"model.diffusion_path: untrained run of {' '.join(DIFFUSION_RUNS[plan.diffusion])}")
+        base.append(f"model.diffusion.checkpoint={standins.diffusion_run(plan.diffusion)}")
+        notes.append(f"model.diffusion.checkpoint: untrained run of {' '.join(DIFFUSION_RUNS[plan.diffusion])}")
     cfg, overrides, hub_notes = compose_standins([*base, *extra], standins)
     notes += hub_notes
     left = missing_keys(cfg)

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from textdiff.cli.common import CONF_DIR, ConfigError, build, build_datamodule, load_run, register_resolvers
+from textdiff.cli.common import CONF_DIR, ConfigError, build, build_datamodule, register_resolvers
+from textdiff.cli.runs import load_run
 from textdiff.data import DataError, read_jsonl, read_lines, read_parallel
 
 REPO = Path(__file__).resolve().parents[1]

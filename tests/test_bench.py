@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import run as bench_run
 from benchmarks.families import FAMILIES
-from textdiff.compilation import compile_networks, compile_options, compile_targets, compiled
+from textdiff.run.compilation import compile_networks, compile_options, compile_targets, compiled
 
 REPO = Path(__file__).resolve().parents[1]
 

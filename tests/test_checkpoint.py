@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from textdiff.checkpoint import AtomicCheckpointIO, LastCheckpoint, atomic_torch_save
+from textdiff.run.checkpoint import AtomicCheckpointIO, LastCheckpoint, atomic_torch_save
 
 
 class Explodes:

@@ -53,7 +53,7 @@ def ld4lg_assets(tmp_path_factory, shared_data):
 @pytest.fixture(scope="module")
 def dlm_run(tmp_path_factory, shared_data):
     """An untrained Diffusion-LM run directory of the E2E CPU preset (config.yaml, tokenizer/, last.ckpt): the
-    stand-in for the control preset's ``model.diffusion_path``."""
+    stand-in for the control preset's ``model.diffusion.checkpoint``."""
     import pytorch_lightning as pl
 
     run_dir = tmp_path_factory.mktemp("dlm")
@@ -71,7 +71,7 @@ def dlm_run(tmp_path_factory, shared_data):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets, dlm_run):
-    overrides = [f"model.diffusion_path={dlm_run}"] if experiment.endswith(("_control_cpu", "_length_cpu")) else []
+    overrides = [f"model.diffusion.checkpoint={dlm_run}"] if experiment.endswith(("_control_cpu", "_length_cpu")) else []
     if experiment.startswith("compare_"):  # the comparison's shared tokenizer and LD4LG autoencoder
         ae_ckpt = Path(ld4lg_assets[1])  # <run>/checkpoints/last.ckpt; LD4LG needs its BART's tokenizer <run>/tokenizer
         tok = ae_ckpt.parent.parent / "tokenizer" if "ld4lg" in experiment else tmp_path / "tokenizer"

@@ -45,7 +45,7 @@ _EXPORTS = {
     "DiffusionBERT": "textdiff.families.diffusion_bert",
     # data
     "TextDataModule": "textdiff.data.datamodule",
-    "Seq2SeqDataModule": "textdiff.data.datamodule",
+    "Seq2SeqDataModule": "textdiff.data.seq2seq",
     "WordTokenizer": "textdiff.data.tokenizers",
     "HFTokenizer": "textdiff.data.tokenizers",
 }

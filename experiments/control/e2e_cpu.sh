@@ -17,12 +17,12 @@ N=${N:-100}
 LABELS=${LABELS:-"Italian Japanese"}
 if [ -z "${SKIP_TRAIN:-}" ]; then
   "$BIN/textdiff-train" experiment=diffusion_lm_e2e_cpu trainer.enable_progress_bar=false hydra.run.dir="$OUT/dlm"
-  "$BIN/textdiff-train" experiment=diffusion_lm_e2e_control_cpu model.diffusion_path="$OUT/dlm/checkpoints/last.ckpt" \
+  "$BIN/textdiff-train" experiment=diffusion_lm_e2e_control_cpu model.diffusion.checkpoint="$OUT/dlm/checkpoints/last.ckpt" \
     trainer.enable_progress_bar=false hydra.run.dir="$OUT/noisy"
   "$BIN/textdiff-train" experiment=classifier_e2e_cpu data.label_slot=food trainer.enable_progress_bar=false \
     hydra.run.dir="$OUT/judge"
   "$BIN/textdiff-train" experiment=ar_lm_e2e_cpu trainer.enable_progress_bar=false hydra.run.dir="$OUT/lm"
-  "$BIN/textdiff-train" experiment=diffusion_lm_e2e_length_cpu model.diffusion_path="$OUT/dlm/checkpoints/last.ckpt" \
+  "$BIN/textdiff-train" experiment=diffusion_lm_e2e_length_cpu model.diffusion.checkpoint="$OUT/dlm/checkpoints/last.ckpt" \
     trainer.enable_progress_bar=false hydra.run.dir="$OUT/length"
 fi
 for label in $LABELS; do

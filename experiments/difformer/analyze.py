@@ -192,7 +192,8 @@ def _plots(out: Path, res: dict[str, Any], arrays: dict[str, Any], init: Optiona
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from textdiff.cli.common import ConfigError, build, configure_logging, load_run, register_resolvers, resolve_device
+    from textdiff.cli.common import ConfigError, build, configure_logging, register_resolvers, resolve_device
+    from textdiff.cli.runs import load_run
     from textdiff.data.word_freq import token_counts
 
     configure_logging()

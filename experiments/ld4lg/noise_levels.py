@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from textdiff.cli.common import load_run
-from textdiff.evaluation import decode_ids
+from textdiff.cli.runs import load_run
+from textdiff.data.tokenizers import decode_ids
 from textdiff.metrics.text import corpus_bleu
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)

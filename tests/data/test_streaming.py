@@ -155,7 +155,7 @@ class _Recorder:
 def _fit(corpus, tmp_path, tok, max_steps, seen, ckpt=None, every=1000):
     import pytorch_lightning as pl
 
-    from textdiff.checkpoint import LastCheckpoint
+    from textdiff.run.checkpoint import LastCheckpoint
 
     dm = StreamingTextDataModule(str(corpus / "train.txt"), max_len=12, batch_size=32, seed=3, shuffle_buffer=16,
                                  tokenizer=tok)

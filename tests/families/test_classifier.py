@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from textdiff.data import TextDataModule
-from textdiff.evaluation import evaluate
+from textdiff.run.evaluation import evaluate
 from textdiff.families import TextClassifier
 from textdiff.nn import TransformerClassifier
 

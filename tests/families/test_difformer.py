@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from textdiff.core import DiscreteSchedule, GaussianProcess, Sampler, SqrtSchedule
-from textdiff.data.datamodule import pad_sequences
+from textdiff.core.types import pad_sequences
 from textdiff.families import Difformer
 from textdiff.metrics.selection import mbr_select
 from textdiff.nn import DifformerNet, LengthPredictor

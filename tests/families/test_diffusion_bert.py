@@ -11,7 +11,7 @@ import torch
 from textdiff.core import AbsorbingProcess, DiscreteSchedule, GaussianProcess, MutualSchedule, Sampler, SpindleSchedule
 from textdiff.core.schedules import SqrtSchedule, discretize
 from textdiff.data import TextDataModule, build_word_tokenizer
-from textdiff.data.datamodule import pad_sequences
+from textdiff.core.types import pad_sequences
 from textdiff.families import DiffusionBERT
 from textdiff.nn.bert import TimeConditionedBert
 

@@ -305,7 +305,7 @@ def test_weight_decay_only_on_weight_matrices_as_the_official_optimizer():
 
 
 def test_param_groups_helper():
-    from textdiff.optim import param_groups
+    from textdiff.families.optim import param_groups
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2, bias=False))
     net[0].bias.requires_grad_(False)
@@ -314,7 +314,7 @@ def test_param_groups_helper():
     assert groups[1]["weight_decay"] == 0.0 and [p.shape for p in groups[1]["params"]] == [(4,), (4,)]
     assert len(param_groups(net, no_decay_below_ndim=3)) == 1  # every parameter is then undecayed
     assert param_groups(net, decay=["1.weight", "absent"])[0]["params"][1] is net[1].weight
-    from textdiff.optim import clean_param_name
+    from textdiff.families.optim import clean_param_name
 
     assert clean_param_name("denoiser.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.ff.proj_in.bias") == \
         "denoiser.layers.0.ff.proj_in.bias"

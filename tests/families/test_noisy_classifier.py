@@ -43,8 +43,8 @@ def test_learns_a_token_attribute_and_leaves_the_diffusion_model_alone():
 def test_refuses_a_mismatched_diffusion_model():
     with pytest.raises(ValueError, match="d=8"):
         _clf(tiny(d=4))
-    with pytest.raises(ValueError, match="diffusion_path"):
-        NoisyClassifier(LatentClassifier(8, 2, 40))
+    with pytest.raises(TypeError, match="model.diffusion.checkpoint"):
+        NoisyClassifier(LatentClassifier(8, 2, 40), "runs/dlm/checkpoints/last.ckpt")
 
 
 def test_length_attribute_reads_lengths_from_the_mask_and_needs_no_labels():

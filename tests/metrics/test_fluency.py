@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from textdiff.data import WordTokenizer
-from textdiff.data.datamodule import pad_sequences
+from textdiff.core.types import pad_sequences
 from textdiff.families import Autoregressive
 from textdiff.metrics import lm_perplexity, lm_perplexity_per_text
 from textdiff.nn import ARTransformer

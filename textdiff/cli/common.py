@@ -1,4 +1,5 @@
-"""What both CLI entry points share: resolvers, config-error reporting, building runs from a config.
+"""What every CLI entry point shares: resolvers, config-error reporting, building a run's pieces from a config
+(rebuilding a *saved* run is :mod:`textdiff.cli.runs`).
 
 This package is the only place that imports Hydra/OmegaConf (DECISIONS.md item 9).
 """
@@ -60,12 +61,13 @@ def int_div(numerator, denominator) -> int:
 
 
 def run_dir_of(checkpoint: str) -> str:
-    """The run directory of a checkpoint path: ``<run>/checkpoints/last.ckpt`` -> ``<run>``."""
-    path = Path(str(checkpoint))
-    if path.parent.name != "checkpoints":
-        raise ConfigError(f"{checkpoint} is not inside a run's checkpoints/ directory (expected "
-                          "<run_dir>/checkpoints/<name>.ckpt)")
-    return str(path.parent.parent)
+    """The run directory of a checkpoint path (``textdiff.run.checkpoint.run_dir_of``), a ConfigError if none."""
+    from textdiff.run.checkpoint import CheckpointError, run_dir_of as _run_dir_of  # loads Lightning: lazily
+
+    try:
+        return _run_dir_of(checkpoint)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _choices() -> dict[str, str]:
@@ -267,105 +269,18 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def find_checkpoint(run_dir: Path, which: str) -> Path:
-    """"best" (ModelCheckpoint's best-*.ckpt, newest if several), "last", or a path."""
-    ckpt_dir = run_dir / "checkpoints"
-    if which == "last":
-        path = ckpt_dir / "last.ckpt"
-    elif which == "best":
-        best = sorted(ckpt_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-        path = best[-1] if best else ckpt_dir / "last.ckpt"
-    else:
-        path = Path(which)
-    if not path.exists():
-        raise ConfigError(f"no checkpoint {path} (ckpt={which!r}; the run directory must hold checkpoints/)")
-    return path
-
-
-def checkpoint_family(path: Path) -> Optional[str]:
-    """The model family (class name, e.g. ``"Difformer"``) that saved the textdiff checkpoint at ``path``;
-    None for a checkpoint without the tag. Raises ConfigError when ``path`` is not a readable checkpoint."""
-    import torch
-
-    from textdiff.families.base import CHECKPOINT_KEY
-
-    try:  # memory-mapped: reads the small tag, not the weights
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped, or not a checkpoint at all
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001
-            raise ConfigError(f"{path} is not a readable checkpoint: {type(err).__name__}: {err}") from None
-    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    return meta.get("family") if isinstance(meta, dict) else None
-
-
 def check_checkpoint_family(path: Path, cfg: DictConfig, where: str = "the config") -> None:
     """Raise ConfigError when the checkpoint at ``path`` was saved by another family than the one that
     ``cfg``'s ``model._target_`` builds (``where`` names the config in the message, e.g. its file)."""
+    from textdiff.run.checkpoint import CheckpointError, checkpoint_family
+
     target = str(OmegaConf.select(cfg, "model._target_", default=""))
-    expected, family = target.rsplit(".", 1)[-1], checkpoint_family(path)
+    try:
+        family = checkpoint_family(path)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    expected = target.rsplit(".", 1)[-1]
     if target and family and family != expected:
         raise ConfigError(f"checkpoint {path} holds a {family} model but {where} builds a {expected} "
                           f"(model._target_={target}): give a {expected} checkpoint, or the run directory "
                           f"of the {family} run")
-
-
-def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[Any, Any, DictConfig, Path]:
-    """Rebuild a run's model and datamodule from ``<run_dir>/config.yaml`` and load its checkpoint.
-
-    Returns (model in eval mode, datamodule with its tokenizer, config, checkpoint path). Raises ConfigError
-    (before anything is built) when the directory has no config.yaml or no such checkpoint, or when the
-    checkpoint belongs to another model family than the config's.
-    """
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{run_dir} has no config.yaml: is it a textdiff-train run directory?")
-    try:
-        cfg = OmegaConf.load(cfg_path)
-    except Exception as err:  # noqa: BLE001 - YAML / OmegaConf parse errors
-        raise ConfigError(f"cannot parse {cfg_path}: {type(err).__name__}: {err}") from None
-    path = find_checkpoint(run_dir, ckpt)
-    check_checkpoint_family(path, cfg, str(cfg_path))
-    dm = build_datamodule(cfg, None)  # the resolved config points at <run_dir>/tokenizer
-    model = build(cfg, "model")
-    model.load_weights(str(path))
-    model.to(device).eval()
-    return model, dm, cfg, path
-
-
-def load_judges(lm_run: Optional[str], classifier_run: Optional[str], device: str = "cpu",
-                mauve: Optional[Any] = None) -> dict[str, Any]:
-    """The judges of ``textdiff.evaluation.score_with_judges``: from their run directories (best checkpoints),
-    an autoregressive language model and a ``TextClassifier``, each with its own tokenizer; ``mauve`` = the
-    options of ``textdiff.metrics.mauve.mauve_score`` (e.g. ``{"model": "gpt2-large"}``) or None."""
-    judges: dict[str, Any] = {}
-    if mauve:
-        judges["mauve"] = OmegaConf.to_container(mauve, resolve=True) if isinstance(mauve, DictConfig) else dict(mauve)
-    for key, run in (("lm", lm_run), ("classifier", classifier_run)):
-        if run:
-            model, dm, _, _ = load_run(Path(run), "best", device)
-            judges[key] = (model, dm.tokenizer)
-    if "lm" in judges and getattr(judges["lm"][0], "conditional", False):
-        raise ConfigError(f"the language model in {lm_run} is an encoder-decoder; train a decoder-only LM "
-                          "(model.network.enc_depth=0, e.g. experiment=ar_lm_tatoeba_cpu)")
-    if "classifier" in judges and not hasattr(judges["classifier"][0], "classify_texts"):
-        raise ConfigError(f"{classifier_run} does not hold a TextClassifier run")
-    return judges
-
-
-def attach_reranker(model: Any, run_dir: Optional[str], tokenizer: Any) -> None:
-    """Give ``model`` (``set_reranker``) the autoregressive model of the run in ``run_dir`` (its best
-    checkpoint); nothing when ``run_dir`` is empty. Both runs must share one vocabulary (train the
-    reranker with ``data.tokenizer_path=<this run>/tokenizer``): checked token by token."""
-    if not run_dir:
-        return
-    if not hasattr(model, "set_reranker"):
-        raise ConfigError(f"a reranker was given but {type(model).__name__} does not rerank candidates")
-    first = next(model.parameters(), None)
-    ranker, dm, _, _ = load_run(Path(run_dir), "best", str(first.device) if first is not None else "cpu")
-    mine, theirs = tokenizer.vocab_size, dm.tokenizer.vocab_size
-    if mine != theirs or tokenizer.convert_ids_to_tokens(range(mine)) != dm.tokenizer.convert_ids_to_tokens(range(theirs)):
-        raise ConfigError(f"the reranker in {run_dir} has another vocabulary ({theirs} tokens vs {mine}); "
-                          "train it with data.tokenizer_path=<this run's tokenizer directory>")
-    model.set_reranker(ranker)

@@ -327,6 +327,49 @@ def to_csv(table: Table, path: Optional[Any] = None) -> str:
     return buf.getvalue()
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def plot(table: Table, out_dir: Any) -> list[Path]:
+    """``<metric>_vs_<column>.png`` in ``out_dir`` for each numeric column with >= 2 values: mean with std
+    error bars, one line per combination of the other columns (log x when the values span >= 100x).
+    Returns the files written; raises ImportError without matplotlib."""
+    from matplotlib.figure import Figure  # the Agg canvas, no pyplot state
+
+    out, written = Path(out_dir), []
+    out.mkdir(parents=True, exist_ok=True)
+    for column in table.columns:
+        xs = [as_number(g.values[column]) for g in table.groups]
+        if any(x is None for x in xs) or len(set(xs)) < 2:
+            continue
+        others = [c for c in table.columns if c != column]
+        for metric in table.metrics:
+            series: dict[str, list[tuple[float, float, float]]] = {}
+            for x, g in zip(xs, table.groups):
+                mean, std, _ = g.stats[metric]
+                if mean is not None:
+                    label = ", ".join(f"{c}={show_value(g.values[c])}" for c in others)
+                    series.setdefault(label, []).append((x, mean, std or 0.0))
+            if not series:
+                continue
+            fig = Figure(figsize=(6, 4))
+            ax = fig.add_subplot()
+            for label, points in series.items():
+                points.sort()
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, label=label or None)
+            if min(xs) > 0 and max(xs) / min(xs) >= 100:
+                ax.set_xscale("log")
+            ax.set(xlabel=column, ylabel=f"{metric} (mean ± std)", title=f"{metric} vs {column}")
+            if any(series):
+                ax.legend(fontsize="small")
+            fig.tight_layout()
+            written.append(out / f"{_safe(metric)}_vs_{_safe(column)}.png")
+            fig.savefig(written[-1], dpi=100)
+    return written
+
+
 def _split(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
@@ -371,8 +414,6 @@ def _report(args: argparse.Namespace) -> None:
         (out / "report.md").write_text(note + "\n" + markdown, encoding="utf-8")
         to_csv(table, out / "report.csv")
         try:
-            from textdiff.cli.report_plot import plot
-
             pngs = plot(table, out)
         except ImportError:
             pngs = []

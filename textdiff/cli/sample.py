@@ -14,10 +14,8 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from textdiff.cli.common import (
-    CONF_DIR, ConfigError, attach_reranker, configure_logging, load_judges, load_run, register_resolvers,
-    resolve_device,
-)
+from textdiff.cli.common import CONF_DIR, ConfigError, configure_logging, register_resolvers, resolve_device
+from textdiff.cli.runs import attach_reranker, load_judges, load_run
 from textdiff.data.sources import DataError
 
 log = logging.getLogger("textdiff")
@@ -34,7 +32,7 @@ def _or_run(cfg: DictConfig, run_cfg: DictConfig, key: str, default: int) -> int
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Run the sampling job described by a ``sample.yaml`` config; returns the metrics."""
-    from textdiff.evaluation import evaluate, format_metrics, score_with_judges, write_outputs
+    from textdiff.run.evaluation import evaluate, format_metrics, score_with_judges, write_outputs
 
     configure_logging()
     run_dir = Path(cfg.run_dir)
@@ -100,7 +98,7 @@ def _control_hook(cfg: DictConfig, model: Any, sampler_overrides: dict[str, Any]
     if not hasattr(model, "embedding") or not torch.equal(clf.diffusion.embedding.weight.cpu(),
                                                           model.embedding.weight.cpu()):
         raise ConfigError(f"control.classifier={ctl.classifier} was trained on another diffusion model's latents "
-                          "(its model.diffusion_path must be this run's checkpoint)")
+                          "(its model.diffusion.checkpoint must be this run's checkpoint)")
     label = None if ctl.get("label") is None else str(ctl.label)  # a length label arrives as an int
     if label not in (clf.classes or []):
         raise ConfigError(f"control.label={label!r}: the classifier's classes are {clf.classes}")
@@ -120,7 +118,7 @@ def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path
 
     from textdiff.data.sources import read_lines
     from textdiff.data.templates import encode_templates
-    from textdiff.evaluation import write_jsonl
+    from textdiff.run.evaluation import write_jsonl
 
     if not hasattr(model, "infill"):
         raise ConfigError(f"infill= needs a model with infill(); {type(model).__name__} has none")

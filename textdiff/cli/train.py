@@ -20,12 +20,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from textdiff.checkpoint import NonFiniteLossError
 from textdiff.cli.common import (
-    CONF_DIR, ConfigError, attach_reranker, build, build_datamodule, check_checkpoint_family, configure_logging,
-    load_judges, register_resolvers,
+    CONF_DIR, ConfigError, build, build_datamodule, check_checkpoint_family, configure_logging, register_resolvers,
 )
+from textdiff.cli.runs import attach_reranker, load_judges
 from textdiff.data.sources import DataError
+from textdiff.families.base import NonFiniteLossError
 
 log = logging.getLogger("textdiff")
 register_resolvers()
@@ -91,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     when ``paths.output_dir`` is set."""
     import pytorch_lightning as pl
 
-    from textdiff.evaluation import evaluate, format_metrics, write_outputs
+    from textdiff.run.evaluation import evaluate, format_metrics, write_outputs
 
     configure_logging()
     run_dir = _run_dir(cfg)
@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"on_nonfinite_loss={policy!r}; expected 'stop' or 'skip'")
     model.on_nonfinite_loss = policy
     if cfg.get("compile") not in (None, False):  # torch.compile the family's networks (textdiff/compilation.py)
-        from textdiff.compilation import compile_networks
+        from textdiff.run.compilation import compile_networks
 
         spec = OmegaConf.to_container(cfg.compile, resolve=True) if OmegaConf.is_config(cfg.compile) else cfg.compile
         try:

@@ -20,13 +20,13 @@ from textdiff.core.schedules import (
     discretize,
     grid_steps,
 )
-from textdiff.core.types import Batch, DenoiseFn, X0Hook
+from textdiff.core.types import Batch, DenoiseFn, X0Hook, pad_sequences
 
 __all__ = [
     "AbsorbingProcess", "Batch", "ClampToEmbeddings", "class_nll", "ClassifierFreeGuidance",
     "ClassifierGuidance", "CosineSchedule", "CosineSquaredSchedule", "DDPMLinearSchedule", "DenoiseFn",
     "DiscreteSchedule", "discretize", "gaussian_nll", "GaussianProcess", "grid_steps", "guidance_combine",
     "Infill", "L2Renormalize", "LogitFilter", "LogLinearSchedule", "masked_mean", "masked_sum",
-    "MutualSchedule", "nearest_rows", "NoiseSchedule", "SampleOutput", "Sampler", "SpindleSchedule",
+    "MutualSchedule", "nearest_rows", "NoiseSchedule", "pad_sequences", "SampleOutput", "Sampler", "SpindleSchedule",
     "SqrtSchedule", "StepHook", "VarianceRescaled", "VPLinearSchedule", "X0Hook",
 ]

@@ -1,8 +1,10 @@
-"""Shared types: the batch layout every DataModule yields and the callables the sampler takes."""
+"""Shared types: the batch layout every DataModule yields (and ``pad_sequences``, which builds it) and the
+callables the sampler takes."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, TypedDict
+from typing import Callable, Optional, Protocol, Sequence, TypedDict
 
+import torch
 from torch import Tensor
 
 
@@ -24,6 +26,19 @@ class Batch(TypedDict, total=False):
     src_mask: Tensor
     index: Tensor
     labels: Tensor
+
+
+def pad_sequences(
+    seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Pad to ``length`` (default: the longest). Returns ids (B, L) long and mask (B, L) bool."""
+    length = max(len(s) for s in seqs) if length is None else length
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.bool)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = True
+    return ids, mask
 
 
 class DenoiseFn(Protocol):

@@ -19,6 +19,7 @@ _EXPORTS = {
     "build_word_tokenizer": "textdiff.data.tokenizers",
     "build_bpe_tokenizer": "textdiff.data.tokenizers",
     "load_tokenizer": "textdiff.data.tokenizers",
+    "decode_ids": "textdiff.data.tokenizers",
     # raw text
     "DataError": "textdiff.data.sources",
     "DataFileNotFoundError": "textdiff.data.sources",

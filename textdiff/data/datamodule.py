@@ -20,10 +20,9 @@ from typing import Any, Callable, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader
 
-from textdiff.core.types import Batch
+from textdiff.core.types import Batch, pad_sequences  # pad_sequences: re-exported, its old home
 from textdiff.data.sources import OVERFLOW_POLICIES, DataError, fit_length, load_hf_split
 from textdiff.data.labels import LabelsMixin
 from textdiff.data.samplers import TrainingOrderMixin
@@ -36,19 +35,6 @@ SPLITS = ("train", "valid", "test")
 DEFAULT_HF_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 TokenizerSpec = Union[Tokenizer, Callable[[list[str]], Tokenizer], str, None]
 Items = list[dict[str, Any]]
-
-
-def pad_sequences(
-    seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Pad to ``length`` (default: the longest). Returns ids (B, L) long and mask (B, L) bool."""
-    length = max(len(s) for s in seqs) if length is None else length
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.bool)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = True
-    return ids, mask
 
 
 def collate(

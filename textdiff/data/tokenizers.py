@@ -390,3 +390,32 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         f"{path} holds no tokenizer: expected {WORD_VOCAB_FILE} (WordTokenizer), {HF_MARKER_FILE} "
         "or tokenizer.json / tokenizer_config.json (Hugging Face)"
     )
+
+
+def decode_ids(ids: Any, tokenizer: Any, block: bool = False) -> list[list[str]]:
+    """Token ids (N, L) (a long tensor or nested lists) -> per row, the list of sentences it holds.
+
+    A "pad"-mode row is one sentence: the tokens after a leading BOS up to the first EOS (the rest is
+    padding). A "block"-mode row (Diffusion-LM's E2E training layout) holds several sentences
+    separated by EOS/BOS; only the complete ones (opened by BOS and closed by EOS) are returned.
+    """
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    out: list[list[str]] = []
+    for row in (ids.tolist() if hasattr(ids, "tolist") else ids):
+        if not block:
+            start = 1 if row and row[0] == bos else 0
+            end = row.index(eos, start) if eos in row[start:] else len(row)
+            out.append([tokenizer.decode(row[start:end])])
+            continue
+        sentences, current = [], None
+        for tok in row:
+            if tok == bos:
+                current = []
+            elif tok == eos:
+                if current is not None:
+                    sentences.append(tokenizer.decode(current))
+                current = None
+            elif current is not None:
+                current.append(tok)
+        out.append([s for s in sentences if s.strip()])
+    return out

@@ -41,6 +41,10 @@ def ema_avg_fn(decay: float, warmup: bool = True) -> Callable[[Tensor, Tensor, T
     return avg_fn
 
 
+class NonFiniteLossError(RuntimeError):
+    """A training loss was NaN or infinite (the message names the step and the batch)."""
+
+
 class EMA(WeightAveraging):
     """Exponential moving average of the weights (Lightning ``WeightAveraging``): validation and
     checkpoints' ``state_dict`` use the averaged weights, and after ``fit`` the module holds them; the
@@ -64,7 +68,7 @@ class TextModule(pl.LightningModule):
             is not bound, the trainer's estimated number of optimiser steps is passed.
         ema_decay: keep an EMA of the weights with this decay (None = off).
         no_decay_below_ndim: give the optimizer two parameter groups, weight decay 0 for trainable
-            parameters with fewer dimensions than this (2: biases, LayerNorm gains; ``textdiff.optim.
+            parameters with fewer dimensions than this (2: biases, LayerNorm gains; ``textdiff.families.optim.
             param_groups``); None = one group, the optimizer's weight decay on every parameter.
     """
 
@@ -127,8 +131,6 @@ class TextModule(pl.LightningModule):
                         self.nonfinite_skipped)
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=batch["ids"].shape[0])
             return None
-        from textdiff.checkpoint import NonFiniteLossError
-
         raise NonFiniteLossError(
             f"non-finite training loss {shown} {where}. Lower the learning rate, clip gradients "
             "(trainer.gradient_clip_val) or set on_nonfinite_loss=skip to skip such batches"
@@ -145,7 +147,7 @@ class TextModule(pl.LightningModule):
         parameter groups (decayed / not) when ``no_decay_below_ndim`` is set."""
         if self.no_decay_below_ndim is None:
             return [p for p in self.parameters() if p.requires_grad]
-        from textdiff.optim import param_groups
+        from textdiff.families.optim import param_groups
 
         return param_groups(self, no_decay_below_ndim=self.no_decay_below_ndim, decay=self.decay_despite_ndim,
                             ndims=self._param_ndims)
@@ -155,7 +157,7 @@ class TextModule(pl.LightningModule):
         first): FSDP with ``use_orig_params=True`` then shows ``configure_optimizers`` flattened 1-D views,
         which ``optimizer_params`` must not take for biases. A family overriding ``setup`` calls this."""
         super().setup(stage)
-        from textdiff.optim import clean_param_name
+        from textdiff.families.optim import clean_param_name
 
         seen = {clean_param_name(n): p.ndim for n, p in self.named_parameters()}
         self._param_ndims = {**seen, **self._param_ndims}  # the first (unwrapped) record wins

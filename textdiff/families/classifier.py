@@ -169,7 +169,7 @@ class TextClassifier(TextModule):
             batch_size: texts per forward pass.
             max_len: truncation length, BOS/EOS included (default: the network's ``max_len``).
         """
-        from textdiff.data.datamodule import pad_sequences
+        from textdiff.core.types import pad_sequences
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -183,7 +183,7 @@ class TextClassifier(TextModule):
     @torch.no_grad()
     def evaluate_on(self, datamodule: Any, *, split: str = "test", num_examples: Optional[int] = None,
                     batch_size: int = 100, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Classify the labelled examples of ``split`` (``textdiff.evaluation.evaluate`` calls this).
+        """Classify the labelled examples of ``split`` (``textdiff.run.evaluation.evaluate`` calls this).
 
         Args:
             datamodule: a labelled DataModule (``num_classes > 0``); its classes must equal this model's.

@@ -22,26 +22,14 @@ from textdiff.families.classifier import TextClassifier
 from textdiff.nn.classifier import LatentClassifier
 
 
-def load_diffusion(checkpoint: str, device: str = "cpu") -> nn.Module:
-    """A trained diffusion model from its ``textdiff-train`` checkpoint (``<run>/checkpoints/*.ckpt``; the run
-    directory's ``config.yaml`` rebuilds it), in eval mode."""
-    from pathlib import Path
-
-    from textdiff.cli.common import load_run, run_dir_of
-
-    model, _, _, _ = load_run(Path(run_dir_of(str(checkpoint))), str(checkpoint), device)
-    return model
-
-
 class NoisyClassifier(TextClassifier):
     """p(class | x_t, t) on the latents of a frozen Gaussian diffusion model with an ``embedding`` and
     ``embed_x0`` (Diffusion-LM).
 
     Args:
         network: a ``LatentClassifier`` (``(x (B, L, d), time (B,)) -> logits (B, C)``).
-        diffusion: the trained diffusion model (frozen here: no gradient, kept in eval mode), or None with
-            ``diffusion_path``.
-        diffusion_path: its checkpoint (loaded with ``load_diffusion``) when ``diffusion`` is None.
+        diffusion: the trained diffusion model, built (frozen here: no gradient, kept in eval mode). The config
+            builds it from its checkpoint (``model.diffusion.checkpoint``, through ``textdiff.cli.runs.load_model``).
         optimizer, lr_scheduler, ema_decay, label_smoothing, classes: as ``TextClassifier``.
         attribute: "class": the DataModule's labels (``batch["labels"]``); "length": the number of tokens
             between BOS and EOS of each example (``batch["mask"]`` minus the 2 frame tokens), class k = k
@@ -49,8 +37,7 @@ class NoisyClassifier(TextClassifier):
             needs no labels (Diffusion-LM's length control).
     """
 
-    def __init__(self, network: LatentClassifier, diffusion: Optional[nn.Module] = None,
-                 diffusion_path: Optional[str] = None, optimizer: Optional[OptimizerFactory] = None,
+    def __init__(self, network: LatentClassifier, diffusion: nn.Module, optimizer: Optional[OptimizerFactory] = None,
                  lr_scheduler: Optional[SchedulerFactory] = None, ema_decay: Optional[float] = None,
                  label_smoothing: float = 0.0, classes: Optional[Sequence[str]] = None,
                  attribute: str = "class") -> None:
@@ -60,11 +47,9 @@ class NoisyClassifier(TextClassifier):
             classes = [str(k) for k in range(int(network.num_classes))]
         super().__init__(network, optimizer, lr_scheduler, ema_decay, label_smoothing, classes)
         self.attribute = attribute
-        if diffusion is None:
-            if not diffusion_path:
-                raise ValueError("NoisyClassifier needs the diffusion model: give diffusion or diffusion_path "
-                                 "(its checkpoint, e.g. <Diffusion-LM run>/checkpoints/last.ckpt)")
-            diffusion = load_diffusion(diffusion_path)
+        if not isinstance(diffusion, nn.Module):
+            raise TypeError(f"NoisyClassifier needs the trained diffusion model, built (got {type(diffusion).__name__}); "
+                            "from a config: model.diffusion.checkpoint=<Diffusion-LM run>/checkpoints/last.ckpt")
         for attr in ("embedding", "embed_x0", "process", "time_input"):
             if not hasattr(diffusion, attr):
                 raise TypeError(f"{type(diffusion).__name__} has no `{attr}`: a NoisyClassifier needs an embedding "

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from textdiff.core.gaussian import GaussianProcess
 from textdiff.core.types import Batch
-from textdiff.data.datamodule import pad_sequences
+from textdiff.core.types import pad_sequences
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
 from textdiff.metrics.selection import best_by_score, mbr_select
 from textdiff.nn.difformer import DifformerNet

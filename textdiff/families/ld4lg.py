@@ -31,7 +31,7 @@ from textdiff.core.gaussian import GaussianProcess, masked_mean
 from textdiff.core.guidance import ClassifierFreeGuidance
 from textdiff.core.hooks import L2Renormalize
 from textdiff.core.types import Batch
-from textdiff.data.datamodule import pad_sequences
+from textdiff.core.types import pad_sequences
 from textdiff.data.samplers import process_position
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
 from textdiff.families.ld4lg_autoencoder import OFFICIAL_GENERATE, BartDenoiser, LatentAutoencoder

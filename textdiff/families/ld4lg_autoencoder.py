@@ -43,7 +43,7 @@ def _bleu_records(module: Any, datamodule: Any, split: str, num_examples: Option
                   reconstruct: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run each ``reconstruct[name](ids, mask) -> ids`` over ``split`` and score the outputs against the
     inputs: corpus BLEU (sacreBLEU 13a) and exact-match rate per name. Records: id, text, one field per name."""
-    from textdiff.evaluation import decode_ids
+    from textdiff.data.tokenizers import decode_ids
     from textdiff.metrics.text import corpus_bleu
 
     texts = datamodule.texts(split)

@@ -59,7 +59,7 @@ def _score_texts(lm: Any, tokenizer: Any, texts: Sequence[str], batch_size: int,
     """
     import torch
 
-    from textdiff.data.datamodule import pad_sequences
+    from textdiff.core.types import pad_sequences
 
     _check_texts(texts)
     _check_lm(lm, tokenizer)

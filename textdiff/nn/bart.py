@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import BartConfig, BartForConditionalGeneration
 
-from textdiff.data.datamodule import pad_sequences
+from textdiff.core.types import pad_sequences
 from textdiff.nn.hf import build_hf_model
 
 BartSpec = Union[str, "os.PathLike[str]", Mapping, BartConfig, BartForConditionalGeneration]

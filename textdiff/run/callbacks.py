@@ -46,7 +46,7 @@ class SampleAndScore(pl.Callback):
         if getattr(pl_module, "conditional", False):
             self._score_conditional(trainer, pl_module, dm)
             return
-        from textdiff.evaluation import generate_texts
+        from textdiff.run.evaluation import generate_texts
         from textdiff.metrics.text import score_unconditional
 
         overrides = {"num_steps": self.num_steps} if self.num_steps else {}
@@ -72,7 +72,7 @@ class SampleAndScore(pl.Callback):
 
     def _score_conditional(self, trainer: pl.Trainer, pl_module: Any, dm: Any) -> None:
         """Translate the first ``num_samples`` validation sources and log BLEU against their references."""
-        from textdiff.evaluation import evaluate_conditional
+        from textdiff.run.evaluation import evaluate_conditional
 
         split = "valid" if dm.has_split("valid") else "test"
         overrides = {"num_steps": self.num_steps} if self.num_steps else {}

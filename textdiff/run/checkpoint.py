@@ -1,5 +1,5 @@
-"""Checkpoints that survive faults: atomic writes, a ``last.ckpt`` every N optimizer steps, and a stop
-(or a counted skip) on a non-finite loss.
+"""Checkpoints that survive faults (atomic writes, a ``last.ckpt`` every N optimizer steps), and finding a
+run's checkpoint and the family that saved it.
 
 * :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin, ``trainer.plugins``): every
   checkpoint is written to a temporary file beside its target, flushed to disk, then renamed over it,
@@ -8,8 +8,11 @@
   steps and when fit ends, which is what ``resume=true`` continues from. Together with the
   DataModule's training-order state (:mod:`textdiff.data.samplers`) a run killed with SIGKILL resumes
   with the same data order and ends at the same step as an uninterrupted run.
-* :class:`NonFiniteLossError` is what ``TextModule.training_step`` raises on a NaN/inf loss
-  (``on_nonfinite_loss="stop"``); with ``"skip"`` the batch is skipped, counted and logged.
+* :func:`find_checkpoint` ("best", "last" or a path), :func:`checkpoint_family` (the family tag a textdiff
+  checkpoint carries), :func:`run_dir_of`; they raise :class:`CheckpointError` naming the path.
+
+``textdiff.families.base.NonFiniteLossError`` is what ``TextModule.training_step`` raises on a NaN/inf
+loss (``on_nonfinite_loss="stop"``); with ``"skip"`` the batch is skipped, counted and logged.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 
 
-class NonFiniteLossError(RuntimeError):
-    """A training loss was NaN or infinite (the message names the step and the batch)."""
+class CheckpointError(ValueError):
+    """A run directory or checkpoint that cannot be used (the message names the path)."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -117,3 +120,43 @@ class LastCheckpoint(pl.Callback):
         if isinstance(exception, KeyboardInterrupt):
             log.warning("interrupted at step %d: saving %s", trainer.global_step, self.path)
             self._save(trainer)
+
+
+def run_dir_of(checkpoint: str) -> str:
+    """The run directory of a checkpoint path: ``<run>/checkpoints/last.ckpt`` -> ``<run>``."""
+    path = Path(str(checkpoint))
+    if path.parent.name != "checkpoints":
+        raise CheckpointError(f"{checkpoint} is not inside a run's checkpoints/ directory (expected "
+                              "<run_dir>/checkpoints/<name>.ckpt)")
+    return str(path.parent.parent)
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    """"best" (ModelCheckpoint's best-*.ckpt, newest if several), "last", or a path."""
+    ckpt_dir = run_dir / "checkpoints"
+    if which == "last":
+        path = ckpt_dir / "last.ckpt"
+    elif which == "best":
+        best = sorted(ckpt_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+        path = best[-1] if best else ckpt_dir / "last.ckpt"
+    else:
+        path = Path(which)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint {path} (ckpt={which!r}; the run directory must hold checkpoints/)")
+    return path
+
+
+def checkpoint_family(path: Path) -> Optional[str]:
+    """The model family (class name, e.g. ``"Difformer"``) that saved the textdiff checkpoint at ``path``;
+    None for a checkpoint without the tag. Raises CheckpointError when ``path`` is not a readable checkpoint."""
+    from textdiff.families.base import CHECKPOINT_KEY
+
+    try:  # memory-mapped: reads the small tag, not the weights
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped, or not a checkpoint at all
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{path} is not a readable checkpoint: {type(err).__name__}: {err}") from None
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    return meta.get("family") if isinstance(meta, dict) else None

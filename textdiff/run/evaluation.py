@@ -13,38 +13,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from torch import Tensor
+
+from textdiff.data.tokenizers import decode_ids
 
 log = logging.getLogger(__name__)
-
-
-def decode_ids(ids: Tensor, tokenizer: Any, block: bool = False) -> list[list[str]]:
-    """Token ids (N, L) -> per row, the list of sentences it holds.
-
-    A "pad"-mode row is one sentence: the tokens after a leading BOS up to the first EOS (the rest is
-    padding). A "block"-mode row (Diffusion-LM's E2E training layout) holds several sentences
-    separated by EOS/BOS; only the complete ones (opened by BOS and closed by EOS) are returned.
-    """
-    bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    out: list[list[str]] = []
-    for row in ids.tolist():
-        if not block:
-            start = 1 if row and row[0] == bos else 0
-            end = row.index(eos, start) if eos in row[start:] else len(row)
-            out.append([tokenizer.decode(row[start:end])])
-            continue
-        sentences, current = [], None
-        for tok in row:
-            if tok == bos:
-                current = []
-            elif tok == eos:
-                if current is not None:
-                    sentences.append(tokenizer.decode(current))
-                current = None
-            elif current is not None:
-                current.append(tok)
-        out.append([s for s in sentences if s.strip()])
-    return out
 
 
 def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 0, batch_size: int = 100,
