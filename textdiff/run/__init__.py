@@ -1,7 +1,7 @@
 """The run layer: what evaluates, checkpoints and reloads a *built* model, with no Hydra.
 
 * :mod:`textdiff.run.evaluation`: sample, score and write ``samples.jsonl`` / ``metrics.json``.
-* :mod:`textdiff.run.callbacks`: Lightning callbacks (periodic sample-and-score).
+* :mod:`textdiff.run.callbacks`: Lightning callbacks (periodic sample-and-score, the step progress bar).
 * :mod:`textdiff.run.checkpoint`: atomic checkpoint writes, ``last.ckpt``, finding a run's checkpoint.
 * :mod:`textdiff.run.compilation`: ``torch.compile`` of a model's networks.
 
@@ -22,6 +22,7 @@ _EXPORTS = {
     "score_with_judges": "textdiff.run.evaluation",
     "write_outputs": "textdiff.run.evaluation",
     "SampleAndScore": "textdiff.run.callbacks",
+    "StepProgressBar": "textdiff.run.callbacks",
     "AtomicCheckpointIO": "textdiff.run.checkpoint",
     "LastCheckpoint": "textdiff.run.checkpoint",
     "atomic_torch_save": "textdiff.run.checkpoint",

@@ -1,4 +1,5 @@
-"""Lightning callbacks: periodic sample-and-score during training (rank 0 only)."""
+"""Lightning callbacks: periodic sample-and-score during training (rank 0 only) and a progress bar for
+step-budgeted runs."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +7,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -87,3 +89,24 @@ class SampleAndScore(pl.Callback):
         shown = "\n".join(f"    {r['hypothesis']}  <=  {r['references'][0]}" for r in records[: self.show])
         log.info("step %d: BLEU on %d %s sources %.2f:\n%s", trainer.global_step, len(records), split,
                  scores["bleu"], shown)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar for runs budgeted in optimizer steps (``max_steps``, ``max_epochs: -1``):
+    the epoch without the bogus total that ``max_epochs: -1`` prints (``Epoch 16``, not ``Epoch 16/-2``), and
+    the optimizer step against ``max_steps`` among the bar's metrics (``step 1200/4000``). With a finite
+    ``max_epochs`` the epoch keeps its total. Takes RichProgressBar's arguments."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        text = f"Epoch {current_epoch}"
+        return f"{text:{len(self.validation_description)}}"  # the padding RichProgressBar uses (no flicker)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """The bar's metrics, with ``step`` = "<optimizer step>/<max_steps>" first when there is a step budget."""
+        metrics = super().get_metrics(trainer, pl_module)
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            metrics = {"step": f"{trainer.global_step}/{trainer.max_steps}", **metrics}
+        return metrics

@@ -101,7 +101,7 @@ class LastCheckpoint(pl.Callback):
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking or self._saved_step == trainer.global_step:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state resume needs (and no log line)
         self._saved_step = trainer.global_step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
