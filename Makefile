@@ -25,6 +25,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed  ## create $(VENV) and install textdiff with its [hydra,dev] extras
 
+lint: install  ## ruff (pyflakes, pycodestyle errors, 120 columns; settings in pyproject.toml): seconds
+	$(BIN)/ruff check textdiff tests benchmarks experiments
+
 test: install  ## fast tests (CPU, no `slow`/`gpu` markers); what CI runs
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 

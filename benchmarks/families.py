@@ -1,6 +1,7 @@
 """Speed and memory of each family at its CPU preset: one JSON per family, ``<family>_<device>[_quick].json``.
 
-    python -m benchmarks.families --family difformer [--quick] [--device cpu|cuda] [--no-compile] [--no-bf16] [--out DIR]
+    python -m benchmarks.families --family difformer [--quick] [--device cpu|cuda] [--no-compile] [--no-bf16]
+        [--out DIR]
 
 (``python -m benchmarks.run`` runs this once per family, each in a fresh process, so that peak memory and
 ``torch.compile`` caches do not carry over from one family to the next.)
@@ -52,7 +53,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from benchmarks.common import RESULTS, Clock, PeakMemory, machine, process_peak_rss_mb, result_path, sync
+from benchmarks.common import RESULTS, Clock, PeakMemory, machine, process_peak_rss_mb, result_path
 
 KS = (10, 20, 50, 200)
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4  # the special ids of the library's word and BPE tokenizers
@@ -520,7 +521,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps and calls (a smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile entry")
-    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast entry (slow on CPUs without bf16 units)")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="skip the bf16 autocast entry (slow on CPUs without bf16 units)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

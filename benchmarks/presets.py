@@ -161,7 +161,8 @@ class Plan:
     """What a preset needs beyond its own file: fixed Hydra ``overrides``; ``chain`` (its stage-1 checkpoint
     goes to ``model.autoencoder_path``, or ``compare.ld4lg_autoencoder`` for a comparison entrant); ``bart_of``
     (that chain's stage-0 export goes to ``model.bart_path``); ``diffusion`` (a ``DIFFUSION_RUNS`` checkpoint for
-    ``model.diffusion.checkpoint``); ``compare_tokenizer`` (a ``COMPARE_TOKENIZERS`` directory for ``compare.tokenizer``)."""
+    ``model.diffusion.checkpoint``); ``compare_tokenizer`` (a ``COMPARE_TOKENIZERS`` directory for
+    ``compare.tokenizer``)."""
 
     overrides: tuple[str, ...] = ()
     chain: Optional[str] = None

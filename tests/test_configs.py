@@ -71,7 +71,8 @@ def dlm_run(tmp_path_factory, shared_data):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_assets, dlm_run):
-    overrides = [f"model.diffusion.checkpoint={dlm_run}"] if experiment.endswith(("_control_cpu", "_length_cpu")) else []
+    overrides = ([f"model.diffusion.checkpoint={dlm_run}"] if experiment.endswith(("_control_cpu", "_length_cpu"))
+                 else [])
     if experiment.startswith("compare_"):  # the comparison's shared tokenizer and LD4LG autoencoder
         ae_ckpt = Path(ld4lg_assets[1])  # <run>/checkpoints/last.ckpt; LD4LG needs its BART's tokenizer <run>/tokenizer
         tok = ae_ckpt.parent.parent / "tokenizer" if "ld4lg" in experiment else tmp_path / "tokenizer"
@@ -84,7 +85,8 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
     bart_dir, ae_ckpt = ld4lg_assets
     with open_dict(cfg):  # LD4LG: stand-ins for the stage-0 export / hub BART and the stage-1 checkpoint
         for key, value in (("bart_path", bart_dir), ("autoencoder_path", ae_ckpt)):
-            if key in cfg.model.keys() and (OmegaConf.is_missing(cfg.model, key) or cfg.model[key] == "facebook/bart-base"):
+            if key in cfg.model.keys() and (OmegaConf.is_missing(cfg.model, key)
+                                            or cfg.model[key] == "facebook/bart-base"):
                 cfg.model[key] = str(value)  # (`key in cfg` is False for ??? values, hence keys())
                 if "denoiser" in cfg.model:
                     cfg.model.denoiser.update(latent_dim=8, max_len=4)
@@ -93,10 +95,12 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
         if OmegaConf.select(cfg, "data.tokenizer") == "facebook/bart-base":
             cfg.data.tokenizer = str(bart_dir)
         if "train_path" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "train_path"):  # ROCStories: files
-            cfg.data.update({f"{s}_path": str(shared_data / "tatoeba_en" / f"{s}.txt") for s in ("train", "valid", "test")})
+            cfg.data.update({f"{s}_path": str(shared_data / "tatoeba_en" / f"{s}.txt")
+                             for s in ("train", "valid", "test")})
         if OmegaConf.select(cfg, "data.hf_dataset") and OmegaConf.select(cfg, "data.label_field"):  # AG News
             cfg.data.update(hf_dataset=None, hf_config=None, field="ref", label_field="mr", label_slot="eatType",
-                            **{f"{s}_path": str(shared_data / "e2e" / f"{s}.jsonl") for s in ("train", "valid", "test")})
+                            **{f"{s}_path": str(shared_data / "e2e" / f"{s}.jsonl")
+                               for s in ("train", "valid", "test")})
     hub_bert = isinstance(OmegaConf.select(cfg, "model.backbone.bert"), str)
     if hub_bert:  # a hub-named preset: the same loading path, from local directories
         with open_dict(cfg):
@@ -221,8 +225,8 @@ def test_comparison_entrants_share_one_budget(table, families, scale):
             "model.lr_scheduler.warmup_steps")
     seen, found = {}, set()
     for name in entrants:
-        cfg = _compose([f"experiment={name}", f"compare={table}_{scale}", "compare.judge=/judge", "compare.tokenizer=/cmp/tokenizer",
-                        "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
+        cfg = _compose([f"experiment={name}", f"compare={table}_{scale}", "compare.judge=/judge",
+                        "compare.tokenizer=/cmp/tokenizer", "compare.ld4lg_autoencoder=/cmp/ae/checkpoints/last.ckpt"])
         seen[name] = tuple(OmegaConf.select(cfg, k) for k in keys)
         found.add(cfg.model._target_.split(".")[-1])
         assert cfg.task_name == name

@@ -33,7 +33,8 @@ def test_import_has_no_hydra_and_no_network():
 
 
 def test_bare_import_is_lazy():
-    code = "import sys, textdiff; print(sorted(m for m in ('torch', 'pytorch_lightning', 'transformers') if m in sys.modules))"
+    code = ("import sys, textdiff; print(sorted(m for m in ('torch', 'pytorch_lightning', 'transformers') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -17,7 +17,8 @@ def test_sample_infill_fills_blanks_around_the_fixed_words(shared_data, tmp_path
     rows = [json.loads(line) for line in (run_dir / "infill_t.jsonl").read_text().splitlines()]
     assert [r["template"] for r in rows] == templates.read_text().splitlines()
     tok = load_tokenizer(run_dir / "tokenizer")
-    for row in rows:  # every fixed word is kept (as the vocabulary has it), in order; the tiny model's words are not judged
+    # every fixed word is kept (as the vocabulary has it), in order; the tiny model's words are not judged
+    for row in rows:
         words = row["text"].split()
         fixed = [tok.decode(tok.encode(w)) for w in row["template"].split() if w != "_"]
         it = iter(words)
@@ -37,7 +38,8 @@ def test_guided_sampling_with_a_noisy_classifier_run(shared_data, tmp_path):
     small = ["data.max_train_examples=3000", "data.max_eval_examples=1000", "trainer.max_steps=6",
              "trainer.val_check_interval=6", "model.network.dim=32", "model.network.depth=1", "model.network.heads=2",
              "trainer.enable_progress_bar=false", "eval.num_samples=32"]
-    out = _run("train", ["experiment=diffusion_lm_e2e_control_cpu", f"model.diffusion.checkpoint={dlm}/checkpoints/last.ckpt",
+    out = _run("train", ["experiment=diffusion_lm_e2e_control_cpu",
+                         f"model.diffusion.checkpoint={dlm}/checkpoints/last.ckpt",
                          "data.max_len=24", "diffusion_steps=100", *small, f"hydra.run.dir={noisy}"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((noisy / "metrics.json").read_text())["num_examples"] > 0
@@ -60,7 +62,8 @@ def test_length_control_reports_exact_length_match(shared_data, tmp_path):
     dlm, length = tmp_path / "dlm", tmp_path / "length"
     out = _run("train", [*TINY, "trainer.max_steps=6", "evaluate=false", f"hydra.run.dir={dlm}"])
     assert out.returncode == 0, out.stderr[-3000:]
-    out = _run("train", ["experiment=diffusion_lm_e2e_length_cpu", f"model.diffusion.checkpoint={dlm}/checkpoints/last.ckpt",
+    out = _run("train", ["experiment=diffusion_lm_e2e_length_cpu",
+                         f"model.diffusion.checkpoint={dlm}/checkpoints/last.ckpt",
                          "data.max_len=24", "model.network.num_classes=23", "diffusion_steps=100",
                          "data.max_train_examples=1000", "data.max_eval_examples=64", "trainer.max_steps=6",
                          "trainer.val_check_interval=6", "model.network.dim=32", "model.network.depth=1",

@@ -12,14 +12,16 @@ from tests.cli.test_train_cli import REPO, TINY, _run
 
 
 def _steps(path):
-    return {int(s): [int(i) for i in ix.split(",")] for s, ix in (line.split() for line in path.read_text().splitlines())}
+    return {int(s): [int(i) for i in ix.split(",")]
+            for s, ix in (line.split() for line in path.read_text().splitlines())}
 
 
 def test_ddp_sim_ranks_see_disjoint_batches_and_the_checkpoint_reloads_alone(shared_data, tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "trainer=ddp_sim", "trainer.max_steps=6", "data.max_train_examples=96", "data.batch_size=8",
             "evaluate=false", f"hydra.run.dir={run_dir}", "callbacks.sample_and_score.every_n_validations=1000",
-            "+callbacks.probe._target_=tests.cli.probe.DataOrderProbe", f"+callbacks.probe.path='{tmp_path}/rank{{rank}}.txt'"]
+            "+callbacks.probe._target_=tests.cli.probe.DataOrderProbe",
+            f"+callbacks.probe.path='{tmp_path}/rank{{rank}}.txt'"]
     # `python -m`: Lightning's DDP launcher starts the other rank by re-running this command
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "textdiff.cli.train", *args], capture_output=True, text=True,
@@ -53,8 +55,8 @@ def test_ddp_sim_trains_ld4lg_whose_null_vector_skips_self_conditioned_steps(sha
             "trainer.max_steps=4", "data.max_train_examples=128", "data.max_eval_examples=16", "data.batch_size=8",
             "model.denoiser.dim=32", "model.denoiser.depth=2", "model.denoiser.heads=2", "model.denoiser.max_len=4",
             "model.denoiser.latent_dim=8", "trainer.limit_val_batches=1", "trainer.val_check_interval=4",
-            "callbacks.sample_and_score.every_n_validations=1000", "evaluate=false", "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={run_dir}"]
+            "callbacks.sample_and_score.every_n_validations=1000", "evaluate=false",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "textdiff.cli.train", *args], capture_output=True, text=True,
                          cwd=REPO, env=env, timeout=600)

@@ -27,7 +27,8 @@ def _steps(path):
 def test_sigkill_resumes_with_the_same_data_order_and_steps(shared_data, tmp_path, every, kill, saved):
     """Killed at step ``kill``; ``last.ckpt`` is from step ``saved`` (10: mid-epoch 1; 14: the end of
     epoch 1). The resumed run must replay steps saved+1..20 on the uninterrupted run's batches."""
-    probe = ["+callbacks.probe._target_=tests.cli.probe.DataOrderProbe", f"callbacks.last_checkpoint.every_n_steps={every}"]
+    probe = ["+callbacks.probe._target_=tests.cli.probe.DataOrderProbe",
+             f"callbacks.last_checkpoint.every_n_steps={every}"]
     ref_log, run_log = tmp_path / "ref.txt", tmp_path / "run.txt"
     out = _run("train", [*FAULT, f"hydra.run.dir={tmp_path / 'ref'}", *probe, f"+callbacks.probe.path={ref_log}"])
     assert out.returncode == 0, out.stderr[-3000:]

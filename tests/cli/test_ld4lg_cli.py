@@ -34,7 +34,8 @@ def test_three_stages_chain(shared_data, tmp_path):
     out = _run("train", ["experiment=ld4lg_tatoeba_cpu", *COMMON,
                          f"model.autoencoder_path={ae_run / 'checkpoints' / 'last.ckpt'}", "model.denoiser.dim=32",
                          "model.denoiser.depth=2", "model.denoiser.heads=2", "model.denoiser.max_len=4",
-                         "model.denoiser.latent_dim=8", "sampler.num_steps=5", "callbacks.sample_and_score.num_samples=4",
+                         "model.denoiser.latent_dim=8", "sampler.num_steps=5",
+                         "callbacks.sample_and_score.num_samples=4",
                          "callbacks.sample_and_score.num_steps=3", f"hydra.run.dir={diff_run}"])
     assert out.returncode == 0, out.stderr[-3000:]
     m = json.loads((diff_run / "metrics.json").read_text())

@@ -133,7 +133,8 @@ def test_string_columns_sort_in_natural_order(tmp_path):
     for k in (200, 10, 50):
         (run / f"metrics_k{k}.json").write_text(json.dumps({"bleu": float(k)}))
     table = summarize(collect_runs([run], metrics_file="metrics_k*.json"), metrics=["bleu"], group_by=["metrics_file"])
-    assert [g.values["metrics_file"] for g in table.groups] == ["metrics_k10.json", "metrics_k50.json", "metrics_k200.json"]
+    assert [g.values["metrics_file"] for g in table.groups] == ["metrics_k10.json", "metrics_k50.json",
+                                                                 "metrics_k200.json"]
 
 
 def test_runs_without_overrides_use_the_config_keys_that_differ(tmp_path):

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _run(entry, args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [sys.executable, "-c", f"import sys; from textdiff.cli.{entry} import main; sys.argv[0]='{entry}'; main()", *args]
+    cmd = [sys.executable, "-c", f"import sys; from textdiff.cli.{entry} import main; sys.argv[0]='{entry}'; main()",
+           *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
 

@@ -5,7 +5,6 @@ from textdiff.core import (
     AbsorbingProcess, ClampToEmbeddings, CosineSchedule, DiscreteSchedule, GaussianProcess,
     L2Renormalize, LogitFilter, MutualSchedule, Sampler, SqrtSchedule, nearest_rows,
 )
-from tests.helpers import absorbing_oracle
 
 
 def _gauss():

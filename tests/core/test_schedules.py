@@ -100,7 +100,8 @@ def test_respacing_matches_improved_diffusion():
         d.sampling_times(3000)
     even = DiscreteSchedule(MutualSchedule(), 2048, max_beta=1.0).sampling_times(2, spacing="even")
     assert even.tolist() == [1.0, 0.5, 0.0]  # DiffusionBERT: t = T, T - k, ..., 0 with k = T / K
-    assert DiscreteSchedule(MutualSchedule(), 10, max_beta=1.0).sampling_times(3, spacing="even").tolist() == [1.0, 0.7, 0.3, 0.0]
+    assert (DiscreteSchedule(MutualSchedule(), 10, max_beta=1.0).sampling_times(3, spacing="even").tolist()
+            == [1.0, 0.7, 0.3, 0.0])
 
 
 def test_continuous_sampling_times():

@@ -118,12 +118,14 @@ def test_samples_keep_frame_lengths_and_never_remask(time_mode):
     assert not (ids == MASK).any()
     lengths = (ids != PAD).sum(-1)
     assert set(lengths.tolist()) <= {5, 7}  # drawn from the training histogram
-    assert (ids[:, 0] == BOS).all() and torch.equal(ids.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1), torch.full((6,), EOS))
+    assert (ids[:, 0] == BOS).all() and torch.equal(ids.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1),
+                                                    torch.full((6,), EOS))
     inner = ids[:, 1:][(torch.arange(1, 12).unsqueeze(0) < (lengths - 1).unsqueeze(1))]
     assert not torch.isin(inner, torch.tensor([PAD, BOS, EOS, MASK])).any()
     assert torch.equal(ids, m.generate(6, seed=3))  # same seed, same samples
     # revealed tokens never change along the chain
-    traj = m.build_sampler().sample(lambda x, t, sc: m.denoise(x, t), (4, 12), x_init=m.initial_state(torch.full((4,), 7), 12),
+    traj = m.build_sampler().sample(lambda x, t, sc: m.denoise(x, t), (4, 12),
+                                    x_init=m.initial_state(torch.full((4,), 7), 12),
                                     generator=torch.Generator().manual_seed(0), keep_trajectory=True).trajectory
     for a, b in zip(traj, traj[1:]):
         revealed = a != MASK
@@ -184,14 +186,16 @@ def test_loss_falls_on_tatoeba_and_checkpoint_reloads(shared_data, tmp_path):
     root = shared_data / "tatoeba_en"
     dm = TextDataModule(train_path=str(root / "train.txt"), test_path=str(root / "test.txt"), max_len=16,
                         batch_size=32, max_train_examples=4000, max_eval_examples=64,
-                        tokenizer=partial(build_word_tokenizer, min_count=3, add_mask_token=True), tokenizer_path=str(tmp_path / "tok"), seed=0)
+                        tokenizer=partial(build_word_tokenizer, min_count=3, add_mask_token=True),
+                        tokenizer_path=str(tmp_path / "tok"), seed=0)
     tok = dm.build_tokenizer()
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
 
     def make():
         torch.manual_seed(0)
-        bb = TimeConditionedBert({**TINY, "hidden_size": 64, "intermediate_size": 128}, vocab_size=tok.vocab_size, num_steps=128)
+        bb = TimeConditionedBert({**TINY, "hidden_size": 64, "intermediate_size": 128}, vocab_size=tok.vocab_size,
+                                 num_steps=128)
         proc = AbsorbingProcess(SpindleSchedule(discretize(MutualSchedule(), 128, max_beta=1.0), pad_id=tok.pad_id),
                                 mask_id=tok.mask_id, hybrid_lambda=0.01)
         return DiffusionBERT(bb, proc, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, max_len=16,

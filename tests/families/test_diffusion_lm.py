@@ -103,8 +103,9 @@ def test_infill_keeps_the_context_and_guidance_hooks_compose():
     assert torch.equal(a, model.infill(context, fill, seed=1))  # seeded
     # guidance on top of infilling: a hook that pushes the latents one way changes the filled tokens
     sampler = model.build_sampler()
-    push = ClassifierGuidance.for_sampler(sampler, class_nll(lambda x, t: torch.stack([-x.mean((1, 2)), x.mean((1, 2))], -1),
-                                                             torch.ones(3, dtype=torch.long)), lr=1.0, fluency=0.0)
+    push = ClassifierGuidance.for_sampler(sampler,
+                                          class_nll(lambda x, t: torch.stack([-x.mean((1, 2)), x.mean((1, 2))], -1),
+                                                    torch.ones(3, dtype=torch.long)), lr=1.0, fluency=0.0)
     b = model.infill(context, fill, seed=1, step_hooks=[push])
     assert torch.equal(b[~fill], context[~fill]) and push.grad_steps > 0
     with pytest.raises(ValueError, match="fill"):

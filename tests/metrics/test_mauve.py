@@ -20,7 +20,8 @@ def tiny_gpt2(tmp_path_factory):
     tok = build_bpe_tokenizer(TEXTS * 20, vocab_size=300)
     tok.save(root)
     torch.manual_seed(0)
-    GPT2Model(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(root)
+    GPT2Model(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2,
+                         n_positions=64)).save_pretrained(root)
     return root
 
 
@@ -48,11 +49,13 @@ def test_missing_package_says_how_to_install(tiny_gpt2):
         mauve_score(TEXTS, TEXTS, model=str(tiny_gpt2))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mauve") is None, reason="needs mauve-text (pip install 'textdiff[mauve]')")
+@pytest.mark.skipif(importlib.util.find_spec("mauve") is None,
+                    reason="needs mauve-text (pip install 'textdiff[mauve]')")
 def test_identical_sets_score_higher_than_different_ones(tiny_gpt2):
     import itertools
 
-    words = ["the cat", "a dog", "the bird", "my friend", "it"], ["sat on", "ran in", "saw", "sang in"], ["the mat", "the park", "a song", "the rain"]
+    words = (["the cat", "a dog", "the bird", "my friend", "it"], ["sat on", "ran in", "saw", "sang in"],
+             ["the mat", "the park", "a song", "the rain"])
     texts = [" ".join(t) + " ." for t in itertools.product(*words)]  # 80 distinct sentences
     same = mauve_score(texts, list(texts), model=str(tiny_gpt2), num_buckets=4)
     other = mauve_score(texts, ["zz qq " * (1 + i % 5) for i in range(80)], model=str(tiny_gpt2), num_buckets=4)

@@ -241,7 +241,8 @@ def show_value(value: Any) -> str:
 def _sort_key(value: Any) -> tuple:
     number = as_number(value)
     # strings in natural order: metrics_k10 < metrics_k50 < metrics_k200
-    return (0, 0.0, []) if value is None else (1, number, []) if number is not None else (2, 0.0, _natural(show_value(value)))
+    return ((0, 0.0, []) if value is None else (1, number, []) if number is not None
+            else (2, 0.0, _natural(show_value(value))))
 
 
 def _stats(values: list[float]) -> tuple[Optional[float], Optional[float], int]:
@@ -317,7 +318,8 @@ def to_csv(table: Table, path: Optional[Any] = None) -> str:
                     + [f"{m}_{s}" for m in table.metrics for s in ("mean", "std", "n")])
     for g in table.groups:
         seeds = ";".join(show_value(r.value(table.seed_key)) for r in g.runs)
-        row = [show_value(g.values[c]) for c in table.columns] + [len(g.runs), seeds, ";".join(str(r.path) for r in g.runs)]
+        row = ([show_value(g.values[c]) for c in table.columns]
+               + [len(g.runs), seeds, ";".join(str(r.path) for r in g.runs)])
         for m in table.metrics:
             mean, std, n = g.stats[m]
             row += ["" if mean is None else repr(mean), "" if std is None else repr(std), n]

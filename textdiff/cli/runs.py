@@ -42,7 +42,8 @@ def upgrade_config(cfg: Any) -> Any:
                 cfg[key] = MOVED_TARGETS[old] + node._value()[len(old):]
     model = cfg._get_node("model") if "model" in cfg else None
     if isinstance(model, DictConfig) and "diffusion_path" in model and "diffusion" not in model:
-        model["diffusion"] = {"_target_": "textdiff.cli.runs.load_model", "checkpoint": model._get_node("diffusion_path")._value()}
+        model["diffusion"] = {"_target_": "textdiff.cli.runs.load_model",
+                              "checkpoint": model._get_node("diffusion_path")._value()}
         model.pop("diffusion_path")
     return cfg
 
@@ -113,7 +114,8 @@ def attach_reranker(model: Any, run_dir: Optional[str], tokenizer: Any) -> None:
     first = next(model.parameters(), None)
     ranker, dm, _, _ = load_run(Path(run_dir), "best", str(first.device) if first is not None else "cpu")
     mine, theirs = tokenizer.vocab_size, dm.tokenizer.vocab_size
-    if mine != theirs or tokenizer.convert_ids_to_tokens(range(mine)) != dm.tokenizer.convert_ids_to_tokens(range(theirs)):
+    if (mine != theirs
+        or tokenizer.convert_ids_to_tokens(range(mine)) != dm.tokenizer.convert_ids_to_tokens(range(theirs))):
         raise ConfigError(f"the reranker in {run_dir} has another vocabulary ({theirs} tokens vs {mine}); "
                           "train it with data.tokenizer_path=<this run's tokenizer directory>")
     model.set_reranker(ranker)

@@ -141,7 +141,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model.save_artifacts(run_dir, dm.tokenizer)
 
     # training cost: optimizer steps, examples they consumed (over all processes), trainable parameters, time
-    examples = int(trainer.global_step) * int(cfg.data.batch_size) * trainer.accumulate_grad_batches * trainer.world_size
+    examples = (int(trainer.global_step) * int(cfg.data.batch_size) * trainer.accumulate_grad_batches
+                * trainer.world_size)
     metrics: dict[str, Any] = {"global_step": int(trainer.global_step), "train_examples": examples,
                                "trainable_params": int(n_params), "fit_seconds": round(fit_seconds, 1)}
     if cfg.get("evaluate", True) and trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):

@@ -2,8 +2,8 @@
 
 Both yield :class:`textdiff.core.types.Batch` dicts: ``ids`` (B, L) long, ``mask`` (B, L) bool
 (True on real tokens, BOS/EOS included), ``index`` (B,) long (position in the split, so
-``references(split)[index]`` lines up); seq2seq (``textdiff.data.seq2seq``) adds ``src_ids`` (B, S) and ``src_mask`` (B, S);
-a TextDataModule with ``label_field`` adds ``labels`` (B,) long (class ids,
+``references(split)[index]`` lines up); seq2seq (``textdiff.data.seq2seq``) adds ``src_ids`` (B, S) and
+``src_mask`` (B, S); a TextDataModule with ``label_field`` adds ``labels`` (B,) long (class ids,
 ``labels(split)[index]``).
 Splits: ``"train"``, ``"valid"``, ``"test"``. Truncated/dropped examples are counted, logged on
 the ``textdiff.data`` logger and kept in ``self.stats[split]``.

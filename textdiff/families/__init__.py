@@ -8,8 +8,8 @@ from textdiff.families.classifier import TextClassifier
 from textdiff.families.difformer import Difformer
 from textdiff.families.diffusion_lm import DiffusionLM
 
-__all__ = ["EMA", "Autoregressive", "BartDenoiser", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule", "LD4LG",
-           "LatentAutoencoder", "NoisyClassifier", "TextClassifier", "TextModule"]
+__all__ = ["EMA", "Autoregressive", "BartDenoiser", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule",
+           "LD4LG", "LatentAutoencoder", "NoisyClassifier", "TextClassifier", "TextModule"]
 
 
 def __getattr__(name: str) -> Any:

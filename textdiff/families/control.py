@@ -48,15 +48,18 @@ class NoisyClassifier(TextClassifier):
         super().__init__(network, optimizer, lr_scheduler, ema_decay, label_smoothing, classes)
         self.attribute = attribute
         if not isinstance(diffusion, nn.Module):
-            raise TypeError(f"NoisyClassifier needs the trained diffusion model, built (got {type(diffusion).__name__}); "
+            raise TypeError("NoisyClassifier needs the trained diffusion model, built "
+                            f"(got {type(diffusion).__name__}); "
                             "from a config: model.diffusion.checkpoint=<Diffusion-LM run>/checkpoints/last.ckpt")
         for attr in ("embedding", "embed_x0", "process", "time_input"):
             if not hasattr(diffusion, attr):
                 raise TypeError(f"{type(diffusion).__name__} has no `{attr}`: a NoisyClassifier needs an embedding "
                                 "diffusion model such as DiffusionLM")
-        if diffusion.embedding.embedding_dim != network.in_dim or diffusion.embedding.num_embeddings != network.vocab_size:
-            raise ValueError(f"the classifier reads ({network.vocab_size} tokens, d={network.in_dim}) but the diffusion "
-                             f"model has ({diffusion.embedding.num_embeddings}, d={diffusion.embedding.embedding_dim}); "
+        if (diffusion.embedding.embedding_dim != network.in_dim
+            or diffusion.embedding.num_embeddings != network.vocab_size):
+            raise ValueError(f"the classifier reads ({network.vocab_size} tokens, d={network.in_dim}) but the "
+                             f"diffusion model has ({diffusion.embedding.num_embeddings}, "
+                             f"d={diffusion.embedding.embedding_dim}); "
                              "use its tokenizer (data.tokenizer_path=<diffusion run>/tokenizer) and embed_dim")
         self.diffusion = diffusion.requires_grad_(False).eval()
 
@@ -91,7 +94,8 @@ class NoisyClassifier(TextClassifier):
         if self.attribute == "length":
             return (batch["mask"].sum(1) - 2).clamp(0, self.num_classes - 1).long()
         if "labels" not in batch:
-            raise ValueError("the batch has no `labels`: set data.label_field (e.g. data=e2e_class data.label_slot=food)")
+            raise ValueError("the batch has no `labels`: set data.label_field "
+                             "(e.g. data=e2e_class data.label_slot=food)")
         return batch["labels"]
 
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:

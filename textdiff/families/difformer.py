@@ -106,7 +106,8 @@ class Difformer(DiffusionModule):
         self.fixed_embeddings = bool(fixed_embeddings)
         if fixed_embeddings:
             self.net.embedding.weight.requires_grad_(False)
-        self.clamp, self.length_beam, self.noise_beam, self.select = bool(clamp), int(length_beam), int(noise_beam), select
+        self.clamp, self.length_beam, self.noise_beam, self.select = (bool(clamp), int(length_beam), int(noise_beam),
+                                                                      select)
         self.reranker: Any = None  # not a submodule: never saved with this model's weights
         self.last_sample_stats: dict[str, Any] = {}
 

@@ -125,7 +125,8 @@ class LD4LG(DiffusionModule):
             ae = LatentAutoencoder.from_checkpoint(ae)
         if vocab_size is not None and int(vocab_size) != ae.vocab_size:
             raise ValueError(f"the data's tokenizer has {vocab_size} tokens but the autoencoder's BART has "
-                             f"{ae.vocab_size}: use the stage-1 run's tokenizer (data.tokenizer_path=<stage-1 run>/tokenizer)")
+                             f"{ae.vocab_size}: use the stage-1 run's tokenizer "
+                             "(data.tokenizer_path=<stage-1 run>/tokenizer)")
         ae.requires_grad_(False)
         self.autoencoder = ae.eval()
         if loss_type not in ("l2", "l1"):
@@ -152,7 +153,8 @@ class LD4LG(DiffusionModule):
         self.num_classes = int(denoiser.num_classes)
         self.self_condition_prob = float(self_condition_prob) if denoiser.self_condition else 0.0
         self.class_dropout, self.context_dropout = float(class_dropout), float(context_dropout)
-        self.guidance_weight, self.normalize_latents, self.loss_type = float(guidance_weight), normalize_latents, loss_type
+        self.guidance_weight, self.normalize_latents, self.loss_type = (float(guidance_weight), normalize_latents,
+                                                                        loss_type)
         self.l2_renormalize = l2_renormalize if ae.l2_normalize else "off"  # only L2 latents are renormalised
         self.generate_kwargs = {**ae.generate_kwargs, **dict(generate_kwargs or {})}
         self.register_buffer("latent_mean", torch.zeros(ae.latent_dim))
@@ -304,7 +306,8 @@ class LD4LG(DiffusionModule):
         return self.generate_from(*args, **kwargs) if self.conditional else self.sample(*args, **kwargs)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, seq_len: Optional[int] = None, *, labels: Union[Tensor, Sequence[int], None] = None,
+    def sample(self, num_samples: int, seq_len: Optional[int] = None, *,
+               labels: Union[Tensor, Sequence[int], None] = None,
                guidance_weight: Optional[float] = None, seed: Optional[int] = None, batch_size: int = 64,
                return_latents: bool = False, decode: Optional[dict[str, Any]] = None,
                **sampler_overrides: Any) -> Any:

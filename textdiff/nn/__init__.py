@@ -7,4 +7,6 @@ from textdiff.nn.layers import TimeEmbedding, masked_mean_pool, timestep_embeddi
 from textdiff.nn.length import LengthPredictor
 from textdiff.nn.transformer import TransformerDenoiser
 
-__all__ = ["ARTransformer", "DifformerNet", "LatentClassifier", "LatentDenoiser", "LatentReconstructor", "LengthPredictor", "PerceiverCompressor", "TimeEmbedding", "TransformerClassifier", "TransformerDenoiser", "masked_mean_pool", "timestep_embedding"]
+__all__ = ["ARTransformer", "DifformerNet", "LatentClassifier", "LatentDenoiser", "LatentReconstructor",
+           "LengthPredictor", "PerceiverCompressor", "TimeEmbedding", "TransformerClassifier", "TransformerDenoiser",
+           "masked_mean_pool", "timestep_embedding"]

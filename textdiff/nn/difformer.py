@@ -139,7 +139,8 @@ class DifformerNet(nn.Module):
 
     # ----- embeddings and read-out -----
     def embed(self, ids: Tensor) -> Tensor:
-        """z0 = sqrt(d_latent) E[ids] (then the LayerNorm in the "before_proj" placement). (B, L) -> (B, L, d_latent)."""
+        """z0 = sqrt(d_latent) E[ids] (then the LayerNorm in the "before_proj" placement).
+        (B, L) -> (B, L, d_latent)."""
         z = self.embed_scale * self.embedding(ids)
         return self.embed_norm(z) if self.embed_norm_position == "before_proj" else z
 
@@ -153,7 +154,8 @@ class DifformerNet(nn.Module):
         S = src_ids.shape[1]
         if S > self.max_src_len:
             raise ValueError(f"source length {S} exceeds the network's max_src_len={self.max_src_len}")
-        h = self.enc_in(self.embed_scale * self.embedding(src_ids)) + self.enc_pos(torch.arange(S, device=src_ids.device))
+        h = (self.enc_in(self.embed_scale * self.embedding(src_ids))
+             + self.enc_pos(torch.arange(S, device=src_ids.device)))
         h = self.drop(h)
         pad = ~src_mask.bool() if src_mask is not None else None
         for layer in self.encoder:

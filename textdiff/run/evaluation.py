@@ -30,7 +30,8 @@ def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 
     ids = model.generate(num_samples, seq_len=seq_len, seed=seed, batch_size=batch_size, **sampler_overrides)
     seconds = time.perf_counter() - start
     rows = decode_ids(ids.cpu(), tokenizer, block=block)
-    return {"rows": rows, "ids": ids.cpu(), "seconds": seconds, "sentences_per_second": num_samples / max(seconds, 1e-9)}
+    return {"rows": rows, "ids": ids.cpu(), "seconds": seconds,
+            "sentences_per_second": num_samples / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -261,7 +262,8 @@ def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def write_outputs(out_dir: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any], suffix: str = "") -> tuple[Path, Path]:
+def write_outputs(out_dir: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any],
+                  suffix: str = "") -> tuple[Path, Path]:
     """Write ``samples{suffix}.jsonl`` and ``metrics{suffix}.json`` atomically (write, then rename)."""
     out_dir = Path(out_dir)
     samples_path = write_jsonl(out_dir / f"samples{suffix}.jsonl", records)
