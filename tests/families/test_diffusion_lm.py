@@ -126,3 +126,22 @@ def test_encode_templates_marks_blanks_and_names_bad_templates():
         encode_templates(["_ pub", "a cheap pub"], tok, length=10)
     with pytest.raises(DataError, match="needs 12 positions"):
         encode_templates(["_ " * 10], tok, length=10)
+
+
+def test_generate_runs_in_eval_mode_and_restores_the_mode_even_when_it_raises():
+    m = tiny()
+    m.denoiser.dropout = torch.nn.Dropout(0.5)  # a module whose mode matters
+    seen = []
+    quiet = lambda xt, t, mask=None: (seen.append(m.training), torch.zeros_like(xt))[1]  # noqa: E731
+    m.denoise = quiet
+    m.train()
+    m.generate(2, seed=0)
+    assert seen and not any(seen) and m.training  # eval inside, training again after
+    m.denoise = lambda xt, t, mask=None: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        m.generate(2, seed=0)
+    assert m.training and m.denoiser.training  # before: left in eval mode by the error
+    m.denoise = quiet
+    m.eval()
+    m.generate(2, seed=0)
+    assert not m.training

@@ -162,12 +162,8 @@ class Autoregressive(TextModule):
             {"logprob": (B,) float, "tokens": (B,) float (the number of scored tokens)}.
             Reranking uses logprob / tokens.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling():
             logits, targets, tmask = self.teacher_forced_logits(ids, mask, src_ids, src_mask)
-        finally:
-            self.train(was_training)
         picked = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         w = tmask.float()
         return {"logprob": (picked * w).sum(-1), "tokens": w.sum(-1)}
@@ -239,40 +235,38 @@ class Autoregressive(TextModule):
         L = self._check_len(max_len if max_len is not None else self.max_len, "max_len")
         alpha = float(length_penalty if length_penalty is not None else self.length_penalty)
         src_ids, src_mask = self._source(src_ids, src_mask, "generate")
-        was_training = self.training
-        self.eval()
-        B, V, dev = src_ids.shape[0], self.vocab_size, src_ids.device
-        memory = self.network.encode(src_ids, src_mask).repeat_interleave(K, 0)  # (B*K, S, d)
-        memory_mask = src_mask.repeat_interleave(K, 0)
-        tokens = torch.full((B * K, 1), self.bos_id, dtype=torch.long, device=dev)
-        cum = torch.full((B, K), NEG_INF, device=dev)
-        cum[:, 0] = 0.0  # one live beam at the start, so the first step picks K distinct tokens
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-        width = min(2 * K, K * V)
-        for step in range(1, L):  # choose the token at position `step` (= number generated so far)
-            logp = self._next_logprobs(tokens, memory, memory_mask)  # (B*K, V)
-            logp[:, [self.pad_id, self.bos_id]] = NEG_INF
-            if step == L - 1:  # last position: only EOS (fairseq forces EOS at the length cap)
-                eos_logp = logp[:, self.eos_id].clone()
-                logp.fill_(NEG_INF)[:, self.eos_id] = eos_logp
-            cand = (cum.view(B * K, 1) + logp).view(B, K * V)
-            top, idx = cand.topk(width, dim=-1)  # (B, 2K), best first
-            beam, tok = idx // V, idx % V
-            is_eos = tok == self.eos_id
-            top_l, beam_l, eos_l = top.tolist(), beam.tolist(), is_eos.tolist()
-            for b in range(B):
-                for j in range(min(K, width)):
-                    if eos_l[b][j] and top_l[b][j] > NEG_INF and len(finished[b]) < K:
-                        prefix = tokens[b * K + beam_l[b][j], 1:].tolist()
-                        finished[b].append((top_l[b][j] / step ** alpha, prefix + [self.eos_id]))
-            if all(len(f) >= K for f in finished):
-                break
-            # the first K non-EOS candidates continue (an EOS one only fills up, with score -inf)
-            order = (is_eos.long() * width + torch.arange(width, device=dev)).argsort(-1)[:, :K]
-            cum = top.gather(1, order).masked_fill(is_eos.gather(1, order), NEG_INF)
-            rows = (torch.arange(B, device=dev).unsqueeze(1) * K + beam.gather(1, order)).view(-1)
-            tokens = torch.cat([tokens[rows], tok.gather(1, order).view(-1, 1)], dim=1)
-        self.train(was_training)
+        with self.sampling():
+            B, V, dev = src_ids.shape[0], self.vocab_size, src_ids.device
+            memory = self.network.encode(src_ids, src_mask).repeat_interleave(K, 0)  # (B*K, S, d)
+            memory_mask = src_mask.repeat_interleave(K, 0)
+            tokens = torch.full((B * K, 1), self.bos_id, dtype=torch.long, device=dev)
+            cum = torch.full((B, K), NEG_INF, device=dev)
+            cum[:, 0] = 0.0  # one live beam at the start, so the first step picks K distinct tokens
+            finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+            width = min(2 * K, K * V)
+            for step in range(1, L):  # choose the token at position `step` (= number generated so far)
+                logp = self._next_logprobs(tokens, memory, memory_mask)  # (B*K, V)
+                logp[:, [self.pad_id, self.bos_id]] = NEG_INF
+                if step == L - 1:  # last position: only EOS (fairseq forces EOS at the length cap)
+                    eos_logp = logp[:, self.eos_id].clone()
+                    logp.fill_(NEG_INF)[:, self.eos_id] = eos_logp
+                cand = (cum.view(B * K, 1) + logp).view(B, K * V)
+                top, idx = cand.topk(width, dim=-1)  # (B, 2K), best first
+                beam, tok = idx // V, idx % V
+                is_eos = tok == self.eos_id
+                top_l, beam_l, eos_l = top.tolist(), beam.tolist(), is_eos.tolist()
+                for b in range(B):
+                    for j in range(min(K, width)):
+                        if eos_l[b][j] and top_l[b][j] > NEG_INF and len(finished[b]) < K:
+                            prefix = tokens[b * K + beam_l[b][j], 1:].tolist()
+                            finished[b].append((top_l[b][j] / step ** alpha, prefix + [self.eos_id]))
+                if all(len(f) >= K for f in finished):
+                    break
+                # the first K non-EOS candidates continue (an EOS one only fills up, with score -inf)
+                order = (is_eos.long() * width + torch.arange(width, device=dev)).argsort(-1)[:, :K]
+                cum = top.gather(1, order).masked_fill(is_eos.gather(1, order), NEG_INF)
+                rows = (torch.arange(B, device=dev).unsqueeze(1) * K + beam.gather(1, order)).view(-1)
+                tokens = torch.cat([tokens[rows], tok.gather(1, order).view(-1, 1)], dim=1)
         best = [max(f, key=lambda h: h[0]) for f in finished]  # max keeps the first of equal scores
         out = torch.full((B, 1 + max(len(h[1]) for h in best)), self.pad_id, dtype=torch.long, device=dev)
         out[:, 0] = self.bos_id
@@ -307,23 +301,21 @@ class Autoregressive(TextModule):
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
         L = self._check_len(seq_len if seq_len is not None else self.max_len, "seq_len")
         filt = LogitFilter(top_k=top_k, top_p=top_p, temperature=temperature, banned_ids=[self.pad_id, self.bos_id])
-        was_training = self.training
-        self.eval()
-        gen = torch.Generator(device=self.device).manual_seed(int(seed)) if seed is not None else None
-        out = torch.full((int(num_samples), L), self.pad_id, dtype=torch.long, device=self.device)
-        no_t = torch.zeros(1, device=self.device)
-        for start in range(0, int(num_samples), int(batch_size)):
-            n = min(int(batch_size), int(num_samples) - start)
-            tokens = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
-            alive = torch.ones(n, dtype=torch.bool, device=self.device)
-            for _ in range(1, L):
-                logp = filt(self._next_logprobs(tokens, None, None).unsqueeze(1), no_t).squeeze(1)  # (n, V)
-                nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
-                nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_id))
-                tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
-                alive &= nxt != self.eos_id
-                if not bool(alive.any()):
-                    break
-            out[start:start + n, :tokens.shape[1]] = tokens
-        self.train(was_training)
+        with self.sampling():
+            gen = torch.Generator(device=self.device).manual_seed(int(seed)) if seed is not None else None
+            out = torch.full((int(num_samples), L), self.pad_id, dtype=torch.long, device=self.device)
+            no_t = torch.zeros(1, device=self.device)
+            for start in range(0, int(num_samples), int(batch_size)):
+                n = min(int(batch_size), int(num_samples) - start)
+                tokens = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
+                alive = torch.ones(n, dtype=torch.bool, device=self.device)
+                for _ in range(1, L):
+                    logp = filt(self._next_logprobs(tokens, None, None).unsqueeze(1), no_t).squeeze(1)  # (n, V)
+                    nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+                    nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_id))
+                    tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
+                    alive &= nxt != self.eos_id
+                    if not bool(alive.any()):
+                        break
+                out[start:start + n, :tokens.shape[1]] = tokens
         return out

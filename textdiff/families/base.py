@@ -4,10 +4,11 @@ specifics (which network, which loss terms, how to read tokens out); the diffusi
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from abc import abstractmethod
-from typing import Any, Callable, Iterable, Literal, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -179,6 +180,17 @@ class TextModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"family": type(self).__name__, "module": type(self).__module__}
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Eval mode for the body (dropout off), then back to the mode the module had, also when the body raises.
+        Every family's generate / score / predict runs in it (gradients are the caller's ``torch.no_grad``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     def load_weights(self, path: str, strict: bool = True) -> dict[str, Any]:
         """Load a Lightning checkpoint's weights into this module (the EMA weights, when EMA was on).

@@ -137,12 +137,8 @@ class TextClassifier(TextModule):
         Returns:
             (B, C) float log-probs.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling():
             return self.network(ids.to(self.device), mask.to(self.device)).float().log_softmax(-1)
-        finally:
-            self.train(was_training)
 
     def encode_texts(self, texts: Sequence[str], tokenizer: Any, max_len: Optional[int] = None
                      ) -> list[list[int]]:

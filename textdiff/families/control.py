@@ -114,15 +114,11 @@ class NoisyClassifier(TextClassifier):
     def predict(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Log-probs (B, C) of clean texts: their embeddings at the diffusion model's first step (mask unused:
         padding is part of the latent sequence)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling():
             ids = ids.to(self.device)
             emb = self.diffusion.embedding(ids)
             t = self.diffusion.first_step_time(ids.shape[0]).to(self.device)
             return self.logits(emb, t).log_softmax(-1)
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def evaluate_on(self, datamodule: Any, *, split: str = "test", num_examples: Optional[int] = None,

@@ -197,47 +197,47 @@ class Difformer(DiffusionModule):
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
         if select == "rerank" and self.reranker is None:
             raise ValueError("select='rerank' needs an autoregressive model: call set_reranker(model) first")
-        was_training = self.training
-        self.eval()
-        net, dev = self.net, self.device
-        src_ids = src_ids.to(dev)
-        src_mask = (src_ids != self.pad_id) if src_mask is None else src_mask.to(dev).bool()
-        B, n = src_ids.shape[0], b1 * b2
-        memory = net.encode(src_ids, src_mask)
-        lengths = net.length.predict(net.length_logits(memory, src_mask), src_mask.sum(-1), beam=b1,
-                                     min_len=2, max_len=net.max_len)  # (B, b1)
-        lengths = lengths.unsqueeze(-1).expand(B, b1, b2).reshape(-1)  # (B n): source-major, then length, then noise
-        L = int(lengths.max())
-        cand_mask = torch.arange(L, device=dev) < lengths.unsqueeze(-1)
-        memory_r, src_mask_r = memory.repeat_interleave(n, 0), src_mask.repeat_interleave(n, 0)
-        sampler = self.build_sampler(self_condition=net.self_condition, **sampler_overrides)
-        use_clamp = self.clamp if clamp is None else clamp
-        gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+        with self.sampling():
+            net, dev = self.net, self.device
+            src_ids = src_ids.to(dev)
+            src_mask = (src_ids != self.pad_id) if src_mask is None else src_mask.to(dev).bool()
+            B, n = src_ids.shape[0], b1 * b2
+            memory = net.encode(src_ids, src_mask)
+            lengths = net.length.predict(net.length_logits(memory, src_mask), src_mask.sum(-1), beam=b1,
+                                         min_len=2, max_len=net.max_len)  # (B, b1)
+            # (B n): source-major, then length, then noise
+            lengths = lengths.unsqueeze(-1).expand(B, b1, b2).reshape(-1)
+            L = int(lengths.max())
+            cand_mask = torch.arange(L, device=dev) < lengths.unsqueeze(-1)
+            memory_r, src_mask_r = memory.repeat_interleave(n, 0), src_mask.repeat_interleave(n, 0)
+            sampler = self.build_sampler(self_condition=net.self_condition, **sampler_overrides)
+            use_clamp = self.clamp if clamp is None else clamp
+            gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
 
-        def denoise(z: Tensor, t: Tensor, sc: Optional[Tensor]) -> Tensor:
-            return net(z, self.time_input(t), memory_r, mask=cand_mask, src_mask=src_mask_r, self_cond=sc)
+            def denoise(z: Tensor, t: Tensor, sc: Optional[Tensor]) -> Tensor:
+                return net(z, self.time_input(t), memory_r, mask=cand_mask, src_mask=src_mask_r, self_cond=sc)
 
-        out = sampler.sample(denoise, (B * n, L, net.latent_dim), generator=gen, device=dev,
-                             hooks=[self._clamp_hook()] if use_clamp else [])
-        logp = F.log_softmax(net.logits(out.x0).float(), -1)  # the last z0 estimate (with early stopping too)
-        best, tokens = logp.max(-1)
-        score = (best * cand_mask).sum(-1) / cand_mask.sum(-1)  # mean token log-prob (fairseq NAT)
-        special = {self.pad_id, self.bos_id, self.eos_id}
-        rows = [[w for w in tok[:int(k)] if w not in special] for tok, k in zip(tokens.tolist(), lengths.tolist())]
-        cand_ids, cand_m = self._frame(rows)
-        scores = score.view(B, n)
-        if select == "logprob":
-            chosen = best_by_score(scores)
-        elif select == "mbr":
-            chosen = torch.tensor(mbr_select([rows[i * n:(i + 1) * n] for i in range(B)]), device=dev)
-        else:
-            r = self.reranker.score(cand_ids, cand_m, src_ids.repeat_interleave(n, 0), src_mask.repeat_interleave(n, 0))
-            chosen = best_by_score((r["logprob"] / r["tokens"].clamp_min(1)).view(B, n))
-        picked = [rows[i * n + int(c)] for i, c in enumerate(chosen.tolist())]
-        ids, _ = self._frame(picked)
-        self.last_sample_stats = {"nfe": out.nfe, "candidates": n, "length_beam": b1, "noise_beam": b2,
-                                  "select": select}
-        self.train(was_training)
+            out = sampler.sample(denoise, (B * n, L, net.latent_dim), generator=gen, device=dev,
+                                 hooks=[self._clamp_hook()] if use_clamp else [])
+            logp = F.log_softmax(net.logits(out.x0).float(), -1)  # the last z0 estimate (with early stopping too)
+            best, tokens = logp.max(-1)
+            score = (best * cand_mask).sum(-1) / cand_mask.sum(-1)  # mean token log-prob (fairseq NAT)
+            special = {self.pad_id, self.bos_id, self.eos_id}
+            rows = [[w for w in tok[:int(k)] if w not in special] for tok, k in zip(tokens.tolist(), lengths.tolist())]
+            cand_ids, cand_m = self._frame(rows)
+            scores = score.view(B, n)
+            if select == "logprob":
+                chosen = best_by_score(scores)
+            elif select == "mbr":
+                chosen = torch.tensor(mbr_select([rows[i * n:(i + 1) * n] for i in range(B)]), device=dev)
+            else:
+                r = self.reranker.score(cand_ids, cand_m, src_ids.repeat_interleave(n, 0),
+                                        src_mask.repeat_interleave(n, 0))
+                chosen = best_by_score((r["logprob"] / r["tokens"].clamp_min(1)).view(B, n))
+            picked = [rows[i * n + int(c)] for i, c in enumerate(chosen.tolist())]
+            ids, _ = self._frame(picked)
+            self.last_sample_stats = {"nfe": out.nfe, "candidates": n, "length_beam": b1, "noise_beam": b2,
+                                      "select": select}
         if not return_candidates:
             return ids
         return ids, {"ids": cand_ids.view(B, n, -1), "mask": cand_m.view(B, n, -1), "logprob": scores,

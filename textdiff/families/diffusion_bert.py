@@ -249,32 +249,32 @@ class DiffusionBERT(DiffusionModule):
 
         Returns: (N, L) long ids (no [MASK] left), or ``(ids, output)``.
         """
-        was_training = self.training
-        self.eval()
-        L = int(seq_len or self.max_len)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        if lengths is None:
-            lengths = self.draw_lengths(num_samples, L, gen)
-        sampler_overrides.setdefault("reuse_unchanged", self.reuse_cache and self.backbone.time_mode == "none")
-        sampler = self.build_sampler(**sampler_overrides)
-        where = filter_on or self.filter_on
-        if where not in FILTER_TARGETS:
-            raise ValueError(f"filter_on must be one of {FILTER_TARGETS}, got {where!r}")
-        filt = LogitFilter(top_k=self.top_k if top_k is None else top_k, top_p=self.top_p if top_p is None else top_p,
-                           temperature=self.temperature if temperature is None else temperature)
-        frame = LogitFilter(banned_ids=self.frame_ids())  # the frame tokens are never an x0 prediction
-        x0_hooks = [frame, filt] if where == "x0" else [frame]
-        posterior = filt if where == "posterior" and not filt.is_identity else None
-        dev_gen = gen if self.device.type == "cpu" or gen is None else torch.Generator(self.device).manual_seed(seed)
-        chunks, out, nfe = [], None, []
-        for start in range(0, num_samples, batch_size):
-            init = self.initial_state(lengths[start:start + batch_size].to(self.device), L)
-            out = sampler.sample(lambda x, t, sc: self.denoise(x, t), tuple(init.shape), x_init=init,
-                                 generator=dev_gen, device=self.device, hooks=[*x0_hooks, *hooks],
-                                 step_hooks=step_hooks, posterior_filter=posterior)
-            chunks.append(out.x)
-            nfe.append(out.row_evals / init.shape[0])
-        self.train(was_training)
+        with self.sampling():
+            L = int(seq_len or self.max_len)
+            gen = torch.Generator().manual_seed(seed) if seed is not None else None
+            if lengths is None:
+                lengths = self.draw_lengths(num_samples, L, gen)
+            sampler_overrides.setdefault("reuse_unchanged", self.reuse_cache and self.backbone.time_mode == "none")
+            sampler = self.build_sampler(**sampler_overrides)
+            where = filter_on or self.filter_on
+            if where not in FILTER_TARGETS:
+                raise ValueError(f"filter_on must be one of {FILTER_TARGETS}, got {where!r}")
+            filt = LogitFilter(top_k=self.top_k if top_k is None else top_k,
+                               top_p=self.top_p if top_p is None else top_p,
+                               temperature=self.temperature if temperature is None else temperature)
+            frame = LogitFilter(banned_ids=self.frame_ids())  # the frame tokens are never an x0 prediction
+            x0_hooks = [frame, filt] if where == "x0" else [frame]
+            posterior = filt if where == "posterior" and not filt.is_identity else None
+            dev_gen = (gen if self.device.type == "cpu" or gen is None
+                       else torch.Generator(self.device).manual_seed(seed))
+            chunks, out, nfe = [], None, []
+            for start in range(0, num_samples, batch_size):
+                init = self.initial_state(lengths[start:start + batch_size].to(self.device), L)
+                out = sampler.sample(lambda x, t, sc: self.denoise(x, t), tuple(init.shape), x_init=init,
+                                     generator=dev_gen, device=self.device, hooks=[*x0_hooks, *hooks],
+                                     step_hooks=step_hooks, posterior_filter=posterior)
+                chunks.append(out.x)
+                nfe.append(out.row_evals / init.shape[0])
         # network evaluations per sequence (K without the cache)
         self.last_sample_stats = {"reuse_unchanged": sampler.reuse_unchanged, "nfe_per_sequence": sum(nfe) / len(nfe),
                                   "filter_on": where}
@@ -309,12 +309,10 @@ class DiffusionBERT(DiffusionModule):
         ELBO passes the true tokens' word frequencies to the model's posterior too), so this is a bound of
         the chain that is actually sampled; the two numbers are close but not identical.
         """
-        was_training = self.training
-        self.eval()
-        ids = batch["ids"]
-        keep = self.keep_mask(ids)
-        K = int(num_steps or self.bound_steps())
-        draws = max(int(num_t), 1)
-        nll = sum(self.process.nll(self.denoise, ids, K, keep=keep, spacing=spacing) for _ in range(draws)) / draws
-        self.train(was_training)
+        with self.sampling():
+            ids = batch["ids"]
+            keep = self.keep_mask(ids)
+            K = int(num_steps or self.bound_steps())
+            draws = max(int(num_t), 1)
+            nll = sum(self.process.nll(self.denoise, ids, K, keep=keep, spacing=spacing) for _ in range(draws)) / draws
         return {"nll": nll, "tokens": (~keep).sum(-1).float(), "steps": torch.full_like(nll, float(K))}

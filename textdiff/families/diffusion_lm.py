@@ -163,23 +163,21 @@ class DiffusionLM(DiffusionModule):
             (N, L) long token ids (argmax of the rounding head on the final state), or
             ``(ids, output)`` with ``return_output``.
         """
-        was_training = self.training
-        self.eval()
-        seq_len = seq_len or self.denoiser.max_len
-        sampler = self.build_sampler(**sampler_overrides)
-        use_clamp = self.clamp if clamp is None else clamp
-        all_hooks = ([self.clamp_hook()] if use_clamp else []) + list(hooks)
-        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        chunks, out = [], None
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            init = x_init[start:start + n] if x_init is not None else None
-            out = sampler.sample(lambda x, t, sc: self.denoise(x, t), (n, seq_len, self.embed_dim),
-                                 x_init=init, generator=gen, device=self.device, hooks=all_hooks,
-                                 step_hooks=step_hooks)
-            final = out.x if sampler.early_stop == 0 else out.x0
-            chunks.append(self.logits(final).argmax(-1))
-        self.train(was_training)
+        with self.sampling():
+            seq_len = seq_len or self.denoiser.max_len
+            sampler = self.build_sampler(**sampler_overrides)
+            use_clamp = self.clamp if clamp is None else clamp
+            all_hooks = ([self.clamp_hook()] if use_clamp else []) + list(hooks)
+            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            chunks, out = [], None
+            for start in range(0, num_samples, batch_size):
+                n = min(batch_size, num_samples - start)
+                init = x_init[start:start + n] if x_init is not None else None
+                out = sampler.sample(lambda x, t, sc: self.denoise(x, t), (n, seq_len, self.embed_dim),
+                                     x_init=init, generator=gen, device=self.device, hooks=all_hooks,
+                                     step_hooks=step_hooks)
+                final = out.x if sampler.early_stop == 0 else out.x0
+                chunks.append(self.logits(final).argmax(-1))
         ids = torch.cat(chunks)
         return (ids, out) if return_output else ids
 
@@ -222,41 +220,39 @@ class DiffusionLM(DiffusionModule):
         T = self.num_train_steps
         if not T:
             raise ValueError("nll_bound needs a discrete-time (DiscreteSchedule) process")
-        was_training = self.training
-        self.eval()
-        ids = batch["ids"]
-        mask = batch["mask"] if self.mask_padding else None
-        B, proc, dev = ids.shape[0], self.process, self.device
-        emb, x0 = self.embed_x0(ids)
+        with self.sampling():
+            ids = batch["ids"]
+            mask = batch["mask"] if self.mask_padding else None
+            B, proc, dev = ids.shape[0], self.process, self.device
+            emb, x0 = self.embed_x0(ids)
 
-        def x0_hat(xt: Tensor, t: Tensor) -> Tensor:  # the network's x0 estimate (x0 or eps prediction)
-            return proc.to_x0(self.denoise(xt, t, mask), xt, t)
+            def x0_hat(xt: Tensor, t: Tensor) -> Tensor:  # the network's x0 estimate (x0 or eps prediction)
+                return proc.to_x0(self.denoise(xt, t, mask), xt, t)
 
-        def kl_at(k: Tensor) -> Tensor:
-            t, s = k / T, (k - 1) / T
-            xt = proc.q_sample(x0, t)
-            return proc.kl_step(x0, xt, x0_hat(xt, t), t, s, mask)
+            def kl_at(k: Tensor) -> Tensor:
+                t, s = k / T, (k - 1) / T
+                xt = proc.q_sample(x0, t)
+                return proc.kl_step(x0, xt, x0_hat(xt, t), t, s, mask)
 
-        head = min(max(exact_steps, 1), T)
-        diffusion = sum((kl_at(torch.full((B,), float(k), device=dev)) for k in range(2, head + 1)),
-                        torch.zeros(B, device=dev))
-        rest = T - head  # k in (head, T], estimated by stratified sampling
-        if rest > 0 and num_t > 0:
-            width = rest / num_t
-            for j in range(num_t):
-                u = torch.rand(B, device=dev)
-                k = (head + 1 + torch.floor(j * width + u * width)).clamp(max=T)
-                diffusion = diffusion + kl_at(k) * (rest / num_t)
-        t1 = torch.full((B,), 1.0 / T, device=dev)
-        x1 = proc.q_sample(x0, t1)
-        _, var_clip = proc.posterior(x0, x1, torch.full((B,), 2.0 / T, device=dev), t1)
-        sigma0_sq = (1 - proc.schedule.alpha_bar(t1)).view(-1, 1, 1)
-        decoder = gaussian_nll(x0, x0_hat(x1, t1), var_clip, mask) - gaussian_nll(x0, emb, sigma0_sq, mask)
-        ce = F.cross_entropy(self.logits(x0).transpose(1, 2), ids, reduction="none")
-        rounding = masked_sum(ce.unsqueeze(-1), mask)
-        prior = proc.kl_prior(x0, mask)
-        tokens = mask.sum(-1).float() if mask is not None else torch.full((B,), float(ids.shape[1]), device=dev)
-        self.train(was_training)
+            head = min(max(exact_steps, 1), T)
+            diffusion = sum((kl_at(torch.full((B,), float(k), device=dev)) for k in range(2, head + 1)),
+                            torch.zeros(B, device=dev))
+            rest = T - head  # k in (head, T], estimated by stratified sampling
+            if rest > 0 and num_t > 0:
+                width = rest / num_t
+                for j in range(num_t):
+                    u = torch.rand(B, device=dev)
+                    k = (head + 1 + torch.floor(j * width + u * width)).clamp(max=T)
+                    diffusion = diffusion + kl_at(k) * (rest / num_t)
+            t1 = torch.full((B,), 1.0 / T, device=dev)
+            x1 = proc.q_sample(x0, t1)
+            _, var_clip = proc.posterior(x0, x1, torch.full((B,), 2.0 / T, device=dev), t1)
+            sigma0_sq = (1 - proc.schedule.alpha_bar(t1)).view(-1, 1, 1)
+            decoder = gaussian_nll(x0, x0_hat(x1, t1), var_clip, mask) - gaussian_nll(x0, emb, sigma0_sq, mask)
+            ce = F.cross_entropy(self.logits(x0).transpose(1, 2), ids, reduction="none")
+            rounding = masked_sum(ce.unsqueeze(-1), mask)
+            prior = proc.kl_prior(x0, mask)
+            tokens = mask.sum(-1).float() if mask is not None else torch.full((B,), float(ids.shape[1]), device=dev)
         total = prior + diffusion + decoder + rounding
         return {"nll": total, "tokens": tokens, "prior": prior, "diffusion": diffusion,
                 "decoder": decoder, "rounding": rounding}

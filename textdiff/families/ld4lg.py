@@ -329,33 +329,31 @@ class LD4LG(DiffusionModule):
         Returns:
             (N, L') token ids ``BOS w EOS PAD...``, or (ids, latents).
         """
-        was = self.training
-        self.eval()
-        sampler = self.build_sampler(**sampler_overrides)
-        w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
-        if self.num_classes:
-            if labels is None:  # balanced: 0, 1, ..., C-1, 0, ...
-                labels = torch.arange(num_samples) % self.num_classes
-            lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-            if lab.shape != (num_samples,) or lab.min() < 0 or lab.max() >= self.num_classes:
-                raise ValueError(f"labels must be {num_samples} class ids in [0, {self.num_classes})")
-            self.last_labels = lab.tolist()
-        elif labels is not None:
-            raise ValueError("labels were given but this LD4LG is not class-conditional (denoiser.num_classes = 0)")
-        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        rows, lats, nfe = [], [], 0
-        start = time.perf_counter()
-        for s in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - s)
-            cls = lab[s:s + n] if self.num_classes else None
-            x0, k = self._sample_latents(n, gen, sampler, w, class_ids=cls)
-            z = self.unnormalize(x0)
-            rows.append(self.autoencoder.decode(z, **{**self.generate_kwargs, **dict(decode or {})}))
-            lats.append(z)
-            nfe += k
-        self.last_sample_stats = {"nfe_per_batch": nfe / max(len(rows), 1), "guidance_weight": w,
-                                  "seconds": round(time.perf_counter() - start, 3)}
-        self.train(was)
+        with self.sampling():
+            sampler = self.build_sampler(**sampler_overrides)
+            w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
+            if self.num_classes:
+                if labels is None:  # balanced: 0, 1, ..., C-1, 0, ...
+                    labels = torch.arange(num_samples) % self.num_classes
+                lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+                if lab.shape != (num_samples,) or lab.min() < 0 or lab.max() >= self.num_classes:
+                    raise ValueError(f"labels must be {num_samples} class ids in [0, {self.num_classes})")
+                self.last_labels = lab.tolist()
+            elif labels is not None:
+                raise ValueError("labels were given but this LD4LG is not class-conditional (denoiser.num_classes = 0)")
+            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            rows, lats, nfe = [], [], 0
+            start = time.perf_counter()
+            for s in range(0, num_samples, batch_size):
+                n = min(batch_size, num_samples - s)
+                cls = lab[s:s + n] if self.num_classes else None
+                x0, k = self._sample_latents(n, gen, sampler, w, class_ids=cls)
+                z = self.unnormalize(x0)
+                rows.append(self.autoencoder.decode(z, **{**self.generate_kwargs, **dict(decode or {})}))
+                lats.append(z)
+                nfe += k
+            self.last_sample_stats = {"nfe_per_batch": nfe / max(len(rows), 1), "guidance_weight": w,
+                                      "seconds": round(time.perf_counter() - start, 3)}
         ids = _pad_rows(rows, self.autoencoder.pad_id).to(self.device)
         return (ids, torch.cat(lats)) if return_latents else ids
 
@@ -366,14 +364,12 @@ class LD4LG(DiffusionModule):
         """Seq2seq: one output per source (B, S) with mask (B, S): (B, L') ids ``BOS w EOS PAD...``."""
         if not self.conditional:
             raise ValueError("generate_from needs a seq2seq LD4LG (seq2seq=true)")
-        was = self.training
-        self.eval()
-        sampler = self.build_sampler(**sampler_overrides)
-        w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
-        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        ctx = self.context(src_ids, src_mask)
-        x0, nfe = self._sample_latents(src_ids.shape[0], gen, sampler, w, context=ctx, context_mask=src_mask)
-        ids = self.autoencoder.decode(self.unnormalize(x0), **{**self.generate_kwargs, **dict(decode or {})})
-        self.last_sample_stats = {"nfe_per_batch": nfe, "guidance_weight": w}
-        self.train(was)
+        with self.sampling():
+            sampler = self.build_sampler(**sampler_overrides)
+            w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
+            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            ctx = self.context(src_ids, src_mask)
+            x0, nfe = self._sample_latents(src_ids.shape[0], gen, sampler, w, context=ctx, context_mask=src_mask)
+            ids = self.autoencoder.decode(self.unnormalize(x0), **{**self.generate_kwargs, **dict(decode or {})})
+            self.last_sample_stats = {"nfe_per_batch": nfe, "guidance_weight": w}
         return ids

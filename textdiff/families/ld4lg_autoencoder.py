@@ -123,10 +123,8 @@ class BartDenoiser(TextModule):
     @torch.no_grad()
     def reconstruct(self, ids: Tensor, mask: Tensor, **generate_kwargs: Any) -> Tensor:
         """BART's output for inputs ids/mask (B, L): (B, L') ids ``BOS w EOS PAD...``."""
-        was = self.training
-        self.eval()
-        out = self.bart.generate(input_ids=ids, attention_mask=mask, **{**self.generate_kwargs, **generate_kwargs})
-        self.train(was)
+        with self.sampling():
+            out = self.bart.generate(input_ids=ids, attention_mask=mask, **{**self.generate_kwargs, **generate_kwargs})
         return strip_decoder_start(out)
 
     def evaluate_on(self, datamodule: Any, *, split: str = "test", num_examples: Optional[int] = None,
@@ -242,11 +240,9 @@ class LatentAutoencoder(TextModule):
     def decode(self, latents: Tensor, **generate_kwargs: Any) -> Tensor:
         """Text ids for latents (B, N, latent_dim) by BART ``generate`` on their memory (no attention mask,
         as the official code): (B, L') ``BOS w EOS PAD...``."""
-        was = self.training
-        self.eval()
-        memory = BaseModelOutput(last_hidden_state=self.memory(latents))
-        out = self.bart.generate(encoder_outputs=memory, **{**self.generate_kwargs, **generate_kwargs})
-        self.train(was)
+        with self.sampling():
+            memory = BaseModelOutput(last_hidden_state=self.memory(latents))
+            out = self.bart.generate(encoder_outputs=memory, **{**self.generate_kwargs, **generate_kwargs})
         return strip_decoder_start(out)
 
     def reconstruct(self, ids: Tensor, mask: Tensor, **generate_kwargs: Any) -> Tensor:
