@@ -1,4 +1,4 @@
-"""``trainer=fsdp``: the config composes and its FSDPStrategy instantiates with the settings the README
+"""``trainer=fsdp``: the config composes and its FSDPStrategy instantiates with the settings docs/scale.md
 promises (full-state checkpoints, original parameters, one FSDP unit per Transformer block of each family).
 FSDP itself cannot run here: Lightning refuses it without a GPU (checked below, so a Lightning that lifts the
 limit shows up and a CPU ``fsdp_sim`` can then be added next to ``ddp_sim``)."""
