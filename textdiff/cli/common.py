@@ -115,7 +115,9 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
                           "(one refers to a key that the others lack)") from err
     except Exception as err:  # other interpolation/missing-value errors from OmegaConf
         raise ConfigError(f"cannot build `{key}`{chosen}: {type(err).__name__}: {err}") from err
-    if hasattr(obj, "build_sampler"):  # a diffusion model: its sampler must fit its process now, not mid-run
+    from textdiff.families.interface import BuildsSampler  # loads Lightning: only once something is built
+
+    if isinstance(obj, BuildsSampler):  # a diffusion model: its sampler must fit its process now, not mid-run
         try:
             obj.build_sampler()
         except (TypeError, ValueError) as err:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from textdiff.cli.common import ConfigError, build, build_datamodule, check_checkpoint_family, run_dir_of
+from textdiff.families.interface import ClassifiesTexts, Reranks
 from textdiff.run.checkpoint import CheckpointError, find_checkpoint
 
 #: ``_target_`` prefixes of classes and functions that moved, old -> new: a run saved before the move
@@ -98,7 +99,7 @@ def load_judges(lm_run: Optional[str], classifier_run: Optional[str], device: st
     if "lm" in judges and getattr(judges["lm"][0], "conditional", False):
         raise ConfigError(f"the language model in {lm_run} is an encoder-decoder; train a decoder-only LM "
                           "(model.network.enc_depth=0, e.g. experiment=ar_lm_tatoeba_cpu)")
-    if "classifier" in judges and not hasattr(judges["classifier"][0], "classify_texts"):
+    if "classifier" in judges and not isinstance(judges["classifier"][0], ClassifiesTexts):
         raise ConfigError(f"{classifier_run} does not hold a TextClassifier run")
     return judges
 
@@ -109,7 +110,7 @@ def attach_reranker(model: Any, run_dir: Optional[str], tokenizer: Any) -> None:
     reranker with ``data.tokenizer_path=<this run>/tokenizer``): checked token by token."""
     if not run_dir:
         return
-    if not hasattr(model, "set_reranker"):
+    if not isinstance(model, Reranks):
         raise ConfigError(f"a reranker was given but {type(model).__name__} does not rerank candidates")
     first = next(model.parameters(), None)
     ranker, dm, _, _ = load_run(Path(run_dir), "best", str(first.device) if first is not None else "cpu")

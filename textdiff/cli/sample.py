@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from textdiff.cli.common import CONF_DIR, ConfigError, configure_logging, register_resolvers, resolve_device
 from textdiff.cli.runs import attach_reranker, load_judges, load_run
 from textdiff.data.sources import DataError
+from textdiff.families.interface import GuidesLatents, Infills
 
 log = logging.getLogger("textdiff")
 register_resolvers()
@@ -92,7 +93,7 @@ def _control_hook(cfg: DictConfig, model: Any, sampler_overrides: dict[str, Any]
     if not ctl.get("classifier"):
         return None
     clf, _, _, _ = load_run(Path(ctl.classifier), "last", str(model.device))
-    if not hasattr(clf, "nll") or not hasattr(clf, "diffusion"):
+    if not isinstance(clf, GuidesLatents):
         raise ConfigError(f"control.classifier={ctl.classifier} is not a NoisyClassifier run "
                           "(experiment=diffusion_lm_e2e_control_cpu)")
     if not hasattr(model, "embedding") or not torch.equal(clf.diffusion.embedding.weight.cpu(),
@@ -120,7 +121,7 @@ def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path
     from textdiff.data.templates import encode_templates
     from textdiff.run.evaluation import write_jsonl
 
-    if not hasattr(model, "infill"):
+    if not isinstance(model, Infills):
         raise ConfigError(f"infill= needs a model with infill(); {type(model).__name__} has none")
     templates = read_lines(str(cfg.infill))
     tok = dm.tokenizer

@@ -26,6 +26,7 @@ from textdiff.cli.common import (
 from textdiff.cli.runs import attach_reranker, load_judges
 from textdiff.data.sources import DataError
 from textdiff.families.base import NonFiniteLossError
+from textdiff.families.interface import SavesArtifacts
 
 log = logging.getLogger("textdiff")
 register_resolvers()
@@ -137,7 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     log.info("fit took %.1f s (%d optimizer steps)", fit_seconds, trainer.global_step)
-    if hasattr(model, "save_artifacts") and trainer.is_global_zero:  # e.g. LD4LG stage 0 exports its BART
+    if isinstance(model, SavesArtifacts) and trainer.is_global_zero:  # e.g. LD4LG stage 0 exports its BART
         model.save_artifacts(run_dir, dm.tokenizer)
 
     # training cost: optimizer steps, examples they consumed (over all processes), trainable parameters, time

@@ -123,6 +123,7 @@ class DiffusionBERT(DiffusionModule):
             raise ValueError(f"max_len={self.max_len} exceeds the backbone's {backbone.max_len} positions")
         self.keep_special, self.t_sharing, self.length_mode = bool(keep_special), t_sharing, length_mode
         self.temperature, self.top_k, self.top_p, self.filter_on = float(temperature), top_k, top_p, filter_on
+        self.last_sample_stats: dict[str, Any] = {}  # what the last generate reported (network calls, filter)
         self.reuse_cache, self.word_freq_cache, self.nll_steps = bool(reuse_cache), word_freq_cache, nll_steps
         self.nll_step_size = int(nll_step_size)
         self.register_buffer("length_counts", torch.zeros(0, dtype=torch.long))

@@ -10,6 +10,8 @@ import torch
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
+from textdiff.families.interface import Generates
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ class SampleAndScore(pl.Callback):
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if trainer.sanity_checking or not hasattr(pl_module, "generate"):
+        if trainer.sanity_checking or not isinstance(pl_module, Generates):
             return
         self._count += 1
         if (self._count - 1) % self.every:

@@ -15,8 +15,14 @@ from typing import Any, Optional, Sequence
 import torch
 
 from textdiff.data.tokenizers import decode_ids
+from textdiff.families.interface import BuildsSampler, EvaluatesItself, HasBound, LabelsSamples, ReportsSampling
 
 log = logging.getLogger(__name__)
+
+
+def _sample_stats(model: Any) -> dict[str, Any]:
+    """What the model's last ``generate`` reported about itself ({} for a model that reports nothing)."""
+    return dict(model.last_sample_stats) if isinstance(model, ReportsSampling) else {}
 
 
 def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 0, batch_size: int = 100,
@@ -89,7 +95,8 @@ def evaluate_unconditional(
     sentences = [s for row in gen["rows"] for s in row]
     records = [{"id": i, "text": " ".join(row) if block else row[0], **({"sentences": row} if block else {})}
                for i, row in enumerate(gen["rows"])]
-    labels, classes = getattr(model, "last_labels", None), getattr(datamodule, "classes", None)
+    labels = model.last_labels if isinstance(model, LabelsSamples) else None
+    classes = getattr(datamodule, "classes", None)
     if labels is not None and classes and len(labels) == len(records):  # class-conditional samples
         for r, lab in zip(records, labels):
             r["class"] = classes[lab]
@@ -103,7 +110,7 @@ def evaluate_unconditional(
         refs = datamodule.texts(split)
         train = datamodule.texts("train")
         metrics.update(score_unconditional([s for s in sentences if s.strip()], reference_set=refs, train_texts=train))
-    if nll_batches and hasattr(model, "nll_bound"):
+    if nll_batches and isinstance(model, HasBound):
         try:
             loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
             # a chain's bound (absorbing models) keeps the model's own K (DiffusionBERT: the official T / 4)
@@ -111,11 +118,11 @@ def evaluate_unconditional(
             metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed))
         except (ValueError, RuntimeError) as err:  # e.g. a continuous-time model has no discrete bound
             log.warning("NLL bound skipped: %s", err)
-    if hasattr(model, "build_sampler"):  # diffusion models; the AR baseline has none
+    if isinstance(model, BuildsSampler):  # diffusion models; the AR baseline has none
         sampler_obj = model.build_sampler(**overrides)
         metrics["sampler"] = {"num_steps": sampler_obj.num_steps, "eta": sampler_obj.eta,
                               "spacing": sampler_obj.spacing, "variance": sampler_obj.variance,
-                              "early_stop": sampler_obj.early_stop, **getattr(model, "last_sample_stats", {})}
+                              "early_stop": sampler_obj.early_stop, **_sample_stats(model)}
     return records, metrics
 
 
@@ -161,11 +168,11 @@ def evaluate_conditional(
                                "sentences_per_second": round(len(records) / max(seconds, 1e-9), 3)}
     metrics.update(score_conditional(hyps, refs))
     metrics["bleu_tok"] = corpus_bleu([h.lower() for h in hyps], [[r.lower() for r in rs] for rs in refs])["bleu"]
-    if hasattr(model, "build_sampler"):
+    if isinstance(model, BuildsSampler):
         s = model.build_sampler(**overrides)
         metrics["sampler"] = {"num_steps": s.num_steps, "eta": s.eta, "spacing": s.spacing, "variance": s.variance,
-                              "early_stop": s.early_stop, **getattr(model, "last_sample_stats", {})}
-    metrics["generate"] = {**kwargs, **getattr(model, "last_sample_stats", {})}
+                              "early_stop": s.early_stop, **_sample_stats(model)}
+    metrics["generate"] = {**kwargs, **_sample_stats(model)}
     return records, metrics
 
 
@@ -227,7 +234,7 @@ def evaluate(model: Any, datamodule: Any, *, split: str, num_samples: Optional[i
     (autoencoders, classifiers: models that do not generate from noise) is evaluated by it;
     ``evaluate_conditional`` serves models with ``conditional = True`` (``num_samples`` = number of
     sources, None = the whole split), and ``evaluate_unconditional`` the rest."""
-    if hasattr(model, "evaluate_on"):
+    if isinstance(model, EvaluatesItself):
         return model.evaluate_on(datamodule, split=split, num_examples=num_samples, batch_size=batch_size,
                                  seed=seed)
     if getattr(model, "conditional", False):
