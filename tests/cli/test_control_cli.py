@@ -1,6 +1,8 @@
 """Infilling through ``textdiff-sample infill=<templates>`` on a Diffusion-LM run."""
 import json
 
+import pytest
+
 from textdiff.data import load_tokenizer
 from tests.cli.test_train_cli import TINY, _run
 
@@ -58,6 +60,7 @@ def test_guided_sampling_with_a_noisy_classifier_run(shared_data, tmp_path):
     assert out.returncode != 0 and "Italian" in out.stderr + out.stdout  # the message lists the classes
 
 
+@pytest.mark.slow  # 30 s; the guided-sampling test covers the control path in `make test`
 def test_length_control_reports_exact_length_match(shared_data, tmp_path):
     dlm, length = tmp_path / "dlm", tmp_path / "length"
     out = _run("train", [*TINY, "trainer.max_steps=6", "evaluate=false", f"hydra.run.dir={dlm}"])

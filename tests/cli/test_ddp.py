@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.cli.test_train_cli import REPO, TINY, _run
@@ -42,6 +43,7 @@ def test_ddp_sim_ranks_see_disjoint_batches_and_the_checkpoint_reloads_alone(sha
     assert json.loads((run_dir / "metrics_one_process.json").read_text())["num_sequences"] == 4
 
 
+@pytest.mark.slow  # 22 s: `make test-slow`
 def test_ddp_sim_trains_ld4lg_whose_null_vector_skips_self_conditioned_steps(shared_data, tmp_path):
     """LD4LG's learned self-conditioning null vector takes no part in a self-conditioned step's loss: plain DDP
     stops at such a step ("parameters that were not used in producing the loss"); textdiff-train turns on

@@ -207,6 +207,7 @@ def test_real_tiny_multirun(tmp_path):
     assert (report / "bleu_vs_model.denoiser.dropout.png").exists()
 
 
+@pytest.mark.slow  # 35 s: `make test-slow`
 def test_parallel_launcher_runs_jobs_side_by_side_with_the_same_results(tmp_path):
     """hydra/launcher=parallel (joblib, 2 jobs) runs the sweep's jobs in worker processes, each with its share of
     the cores, and each job's samples are those of the same job under the default (sequential) launcher."""
