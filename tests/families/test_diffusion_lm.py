@@ -145,3 +145,13 @@ def test_generate_runs_in_eval_mode_and_restores_the_mode_even_when_it_raises():
     m.eval()
     m.generate(2, seed=0)
     assert not m.training
+
+
+def test_generate_scaffolding_batches_and_seeds():
+    m = tiny()
+    assert list(m.batches(5, 2)) == [(0, 2), (2, 2), (4, 1)] and list(m.batches(4, 4)) == [(0, 4)]
+    assert m.seeded_generator(None) is None
+    a, b = m.seeded_generator(3), m.seeded_generator(3, "cpu")
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    # batch_size splits the draws, but the same seed and batch size give the same samples
+    assert torch.equal(m.generate(5, seed=1, batch_size=2), m.generate(5, seed=1, batch_size=2))

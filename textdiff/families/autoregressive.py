@@ -302,11 +302,10 @@ class Autoregressive(TextModule):
         L = self._check_len(seq_len if seq_len is not None else self.max_len, "seq_len")
         filt = LogitFilter(top_k=top_k, top_p=top_p, temperature=temperature, banned_ids=[self.pad_id, self.bos_id])
         with self.sampling():
-            gen = torch.Generator(device=self.device).manual_seed(int(seed)) if seed is not None else None
+            gen = self.seeded_generator(seed)
             out = torch.full((int(num_samples), L), self.pad_id, dtype=torch.long, device=self.device)
             no_t = torch.zeros(1, device=self.device)
-            for start in range(0, int(num_samples), int(batch_size)):
-                n = min(int(batch_size), int(num_samples) - start)
+            for start, n in self.batches(num_samples, batch_size):
                 tokens = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
                 alive = torch.ones(n, dtype=torch.bool, device=self.device)
                 for _ in range(1, L):

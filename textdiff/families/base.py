@@ -192,6 +192,20 @@ class TextModule(pl.LightningModule):
         finally:
             self.train(was_training)
 
+    def seeded_generator(self, seed: Optional[int], device: Any = None) -> Optional[torch.Generator]:
+        """A ``torch.Generator`` on ``device`` (default: this module's) seeded with ``seed``; None for ``seed=None``
+        (the global RNG). Same seed, same device: same draws."""
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device if device is None else device).manual_seed(int(seed))
+
+    @staticmethod
+    def batches(total: int, batch_size: int) -> Iterator[tuple[int, int]]:
+        """``(start, size)`` of the consecutive batches of ``batch_size`` (the last one shorter) that cover
+        ``total`` items: how ``generate`` splits ``num_samples``."""
+        for start in range(0, int(total), int(batch_size)):
+            yield start, min(int(batch_size), int(total) - start)
+
     def load_weights(self, path: str, strict: bool = True) -> dict[str, Any]:
         """Load a Lightning checkpoint's weights into this module (the EMA weights, when EMA was on).
         Raises a clear error when the checkpoint belongs to another family. Returns the checkpoint."""

@@ -212,7 +212,7 @@ class Difformer(DiffusionModule):
             memory_r, src_mask_r = memory.repeat_interleave(n, 0), src_mask.repeat_interleave(n, 0)
             sampler = self.build_sampler(self_condition=net.self_condition, **sampler_overrides)
             use_clamp = self.clamp if clamp is None else clamp
-            gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+            gen = self.seeded_generator(seed, dev)
 
             def denoise(z: Tensor, t: Tensor, sc: Optional[Tensor]) -> Tensor:
                 return net(z, self.time_input(t), memory_r, mask=cand_mask, src_mask=src_mask_r, self_cond=sc)

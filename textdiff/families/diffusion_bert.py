@@ -252,7 +252,7 @@ class DiffusionBERT(DiffusionModule):
         """
         with self.sampling():
             L = int(seq_len or self.max_len)
-            gen = torch.Generator().manual_seed(seed) if seed is not None else None
+            gen = self.seeded_generator(seed, "cpu")  # the lengths are drawn on the CPU
             if lengths is None:
                 lengths = self.draw_lengths(num_samples, L, gen)
             sampler_overrides.setdefault("reuse_unchanged", self.reuse_cache and self.backbone.time_mode == "none")
@@ -266,11 +266,10 @@ class DiffusionBERT(DiffusionModule):
             frame = LogitFilter(banned_ids=self.frame_ids())  # the frame tokens are never an x0 prediction
             x0_hooks = [frame, filt] if where == "x0" else [frame]
             posterior = filt if where == "posterior" and not filt.is_identity else None
-            dev_gen = (gen if self.device.type == "cpu" or gen is None
-                       else torch.Generator(self.device).manual_seed(seed))
+            dev_gen = gen if self.device.type == "cpu" else self.seeded_generator(seed)
             chunks, out, nfe = [], None, []
-            for start in range(0, num_samples, batch_size):
-                init = self.initial_state(lengths[start:start + batch_size].to(self.device), L)
+            for start, n in self.batches(num_samples, batch_size):
+                init = self.initial_state(lengths[start:start + n].to(self.device), L)
                 out = sampler.sample(lambda x, t, sc: self.denoise(x, t), tuple(init.shape), x_init=init,
                                      generator=dev_gen, device=self.device, hooks=[*x0_hooks, *hooks],
                                      step_hooks=step_hooks, posterior_filter=posterior)

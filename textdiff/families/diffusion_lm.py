@@ -168,10 +168,9 @@ class DiffusionLM(DiffusionModule):
             sampler = self.build_sampler(**sampler_overrides)
             use_clamp = self.clamp if clamp is None else clamp
             all_hooks = ([self.clamp_hook()] if use_clamp else []) + list(hooks)
-            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            gen = self.seeded_generator(seed)
             chunks, out = [], None
-            for start in range(0, num_samples, batch_size):
-                n = min(batch_size, num_samples - start)
+            for start, n in self.batches(num_samples, batch_size):
                 init = x_init[start:start + n] if x_init is not None else None
                 out = sampler.sample(lambda x, t, sc: self.denoise(x, t), (n, seq_len, self.embed_dim),
                                      x_init=init, generator=gen, device=self.device, hooks=all_hooks,
@@ -193,7 +192,7 @@ class DiffusionLM(DiffusionModule):
             raise ValueError(f"context_ids {tuple(context_ids.shape)} and fill {tuple(fill.shape)} must be (N, L), "
                              "fill bool")
         context_ids, fill = context_ids.to(self.device), fill.to(self.device)
-        gen = torch.Generator(device=self.device).manual_seed(seed if seed is not None else 0)
+        gen = self.seeded_generator(0 if seed is None else seed)
         process = self.process.for_sampling()
         hook = Infill(self.embedding(context_ids), ~fill, process, noise_context=noise_context, generator=gen)
         x_init = hook.impose(process.prior((*context_ids.shape, self.embed_dim), generator=gen, device=self.device),

@@ -341,11 +341,10 @@ class LD4LG(DiffusionModule):
                 self.last_labels = lab.tolist()
             elif labels is not None:
                 raise ValueError("labels were given but this LD4LG is not class-conditional (denoiser.num_classes = 0)")
-            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            gen = self.seeded_generator(seed)
             rows, lats, nfe = [], [], 0
             start = time.perf_counter()
-            for s in range(0, num_samples, batch_size):
-                n = min(batch_size, num_samples - s)
+            for s, n in self.batches(num_samples, batch_size):
                 cls = lab[s:s + n] if self.num_classes else None
                 x0, k = self._sample_latents(n, gen, sampler, w, class_ids=cls)
                 z = self.unnormalize(x0)
@@ -367,7 +366,7 @@ class LD4LG(DiffusionModule):
         with self.sampling():
             sampler = self.build_sampler(**sampler_overrides)
             w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
-            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            gen = self.seeded_generator(seed)
             ctx = self.context(src_ids, src_mask)
             x0, nfe = self._sample_latents(src_ids.shape[0], gen, sampler, w, context=ctx, context_mask=src_mask)
             ids = self.autoencoder.decode(self.unnormalize(x0), **{**self.generate_kwargs, **dict(decode or {})})
