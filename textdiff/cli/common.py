@@ -5,13 +5,14 @@ This package is the only place that imports Hydra/OmegaConf (DECISIONS.md item 9
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -60,14 +61,24 @@ def int_div(numerator, denominator) -> int:
     return a // b
 
 
-def run_dir_of(checkpoint: str) -> str:
-    """The run directory of a checkpoint path (``textdiff.run.checkpoint.run_dir_of``), a ConfigError if none."""
-    from textdiff.run.checkpoint import CheckpointError, run_dir_of as _run_dir_of  # loads Lightning: lazily
+@contextlib.contextmanager
+def checkpoint_errors_as_config_errors() -> Iterator[None]:
+    """Re-raise the run layer's ``CheckpointError`` (a bad checkpoint or run directory, named in the message) as
+    a ``ConfigError``, the error every CLI entry point reports without a traceback."""
+    from textdiff.run.checkpoint import CheckpointError  # loads Lightning: only when a checkpoint is touched
 
     try:
-        return _run_dir_of(checkpoint)
+        yield
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
+
+
+def run_dir_of(checkpoint: str) -> str:
+    """The run directory of a checkpoint path (``textdiff.run.checkpoint.run_dir_of``), a ConfigError if none."""
+    from textdiff.run.checkpoint import run_dir_of as _run_dir_of
+
+    with checkpoint_errors_as_config_errors():
+        return _run_dir_of(checkpoint)
 
 
 def _choices() -> dict[str, str]:
@@ -274,13 +285,11 @@ def resolve_device(name: str) -> str:
 def check_checkpoint_family(path: Path, cfg: DictConfig, where: str = "the config") -> None:
     """Raise ConfigError when the checkpoint at ``path`` was saved by another family than the one that
     ``cfg``'s ``model._target_`` builds (``where`` names the config in the message, e.g. its file)."""
-    from textdiff.run.checkpoint import CheckpointError, checkpoint_family
+    from textdiff.run.checkpoint import checkpoint_family
 
     target = str(OmegaConf.select(cfg, "model._target_", default=""))
-    try:
+    with checkpoint_errors_as_config_errors():
         family = checkpoint_family(path)
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from None
     expected = target.rsplit(".", 1)[-1]
     if target and family and family != expected:
         raise ConfigError(f"checkpoint {path} holds a {family} model but {where} builds a {expected} "

@@ -11,9 +11,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from textdiff.cli.common import ConfigError, build, build_datamodule, check_checkpoint_family, run_dir_of
+from textdiff.cli.common import (
+    ConfigError, build, build_datamodule, check_checkpoint_family, checkpoint_errors_as_config_errors, run_dir_of,
+)
 from textdiff.families.interface import ClassifiesTexts, Reranks
-from textdiff.run.checkpoint import CheckpointError, find_checkpoint
+from textdiff.run.checkpoint import find_checkpoint
 
 #: ``_target_`` prefixes of classes and functions that moved, old -> new: a run saved before the move
 #: (its config.yaml names the old path) still rebuilds.
@@ -72,10 +74,8 @@ def load_run(run_dir: Path, ckpt: str = "best", device: str = "cpu") -> tuple[An
     except Exception as err:  # noqa: BLE001 - YAML / OmegaConf parse errors
         raise ConfigError(f"cannot parse {cfg_path}: {type(err).__name__}: {err}") from None
     upgrade_config(cfg)
-    try:
+    with checkpoint_errors_as_config_errors():
         path = find_checkpoint(run_dir, ckpt)
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from None
     check_checkpoint_family(path, cfg, str(cfg_path))
     dm = build_datamodule(cfg, None)  # the resolved config points at <run_dir>/tokenizer
     model = build(cfg, "model")

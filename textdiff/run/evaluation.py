@@ -25,6 +25,16 @@ def _sample_stats(model: Any) -> dict[str, Any]:
     return dict(model.last_sample_stats) if isinstance(model, ReportsSampling) else {}
 
 
+def _sampler_report(model: Any, overrides: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """``metrics["sampler"]``: the settings of the model's sampler with ``overrides`` and what its last
+    ``generate`` reported; None for a model without a sampler (the AR baseline)."""
+    if not isinstance(model, BuildsSampler):
+        return None
+    s = model.build_sampler(**overrides)
+    return {"num_steps": s.num_steps, "eta": s.eta, "spacing": s.spacing, "variance": s.variance,
+            "early_stop": s.early_stop, **_sample_stats(model)}
+
+
 def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 0, batch_size: int = 100,
                    block: bool = False, seq_len: Optional[int] = None, **sampler_overrides: Any) -> dict[str, Any]:
     """Draw ``num_samples`` sequences from an unconditional family and decode them.
@@ -118,11 +128,8 @@ def evaluate_unconditional(
             metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed))
         except (ValueError, RuntimeError) as err:  # e.g. a continuous-time model has no discrete bound
             log.warning("NLL bound skipped: %s", err)
-    if isinstance(model, BuildsSampler):  # diffusion models; the AR baseline has none
-        sampler_obj = model.build_sampler(**overrides)
-        metrics["sampler"] = {"num_steps": sampler_obj.num_steps, "eta": sampler_obj.eta,
-                              "spacing": sampler_obj.spacing, "variance": sampler_obj.variance,
-                              "early_stop": sampler_obj.early_stop, **_sample_stats(model)}
+    if (report := _sampler_report(model, overrides)) is not None:
+        metrics["sampler"] = report
     return records, metrics
 
 
@@ -168,10 +175,8 @@ def evaluate_conditional(
                                "sentences_per_second": round(len(records) / max(seconds, 1e-9), 3)}
     metrics.update(score_conditional(hyps, refs))
     metrics["bleu_tok"] = corpus_bleu([h.lower() for h in hyps], [[r.lower() for r in rs] for rs in refs])["bleu"]
-    if isinstance(model, BuildsSampler):
-        s = model.build_sampler(**overrides)
-        metrics["sampler"] = {"num_steps": s.num_steps, "eta": s.eta, "spacing": s.spacing, "variance": s.variance,
-                              "early_stop": s.early_stop, **_sample_stats(model)}
+    if (report := _sampler_report(model, overrides)) is not None:
+        metrics["sampler"] = report
     metrics["generate"] = {**kwargs, **_sample_stats(model)}
     return records, metrics
 
