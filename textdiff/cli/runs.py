@@ -26,24 +26,29 @@ MOVED_TARGETS = {
 }
 
 
+def _rewrite_targets(node: Any) -> None:
+    """Replace the moved ``_target_`` prefixes of :data:`MOVED_TARGETS` in ``node`` and below (nodes, not values:
+    nothing is resolved)."""
+    if isinstance(node, ListConfig):
+        for i in range(len(node)):
+            _rewrite_targets(node._get_node(i))
+    elif isinstance(node, DictConfig):
+        for key in list(node.keys()):
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                _rewrite_targets(child)
+            elif key == "_target_" and isinstance(child._value(), str):
+                old = next((o for o in MOVED_TARGETS if child._value().startswith(o)), None)
+                if old:
+                    node[key] = MOVED_TARGETS[old] + child._value()[len(old):]
+
+
 def upgrade_config(cfg: Any) -> Any:
     """Rewrite, in place, what a run saved by an older textdiff names differently today: the moved ``_target_``
     paths of :data:`MOVED_TARGETS`, and a NoisyClassifier's ``model.diffusion_path: <ckpt>`` (now
     ``model.diffusion: {_target_: textdiff.cli.runs.load_model, checkpoint: <ckpt>}``). Returns ``cfg``."""
-    if isinstance(cfg, ListConfig):
-        for i in range(len(cfg)):
-            upgrade_config(cfg._get_node(i))
-    if not isinstance(cfg, DictConfig):
-        return cfg
-    for key in list(cfg.keys()):  # nodes, not values: nothing is resolved here
-        node = cfg._get_node(key)
-        if isinstance(node, (DictConfig, ListConfig)):
-            upgrade_config(node)
-        elif key == "_target_" and isinstance(node._value(), str):
-            old = next((o for o in MOVED_TARGETS if node._value().startswith(o)), None)
-            if old:
-                cfg[key] = MOVED_TARGETS[old] + node._value()[len(old):]
-    model = cfg._get_node("model") if "model" in cfg else None
+    _rewrite_targets(cfg)
+    model = cfg._get_node("model") if isinstance(cfg, DictConfig) and "model" in cfg else None
     if isinstance(model, DictConfig) and "diffusion_path" in model and "diffusion" not in model:
         model["diffusion"] = {"_target_": "textdiff.cli.runs.load_model",
                               "checkpoint": model._get_node("diffusion_path")._value()}
