@@ -451,7 +451,6 @@ def preset_info(spec: FamilySpec, cfg: Any, model: Any, settings: Settings) -> d
     """The preset's shapes and settings, as benchmarked."""
     from omegaconf import OmegaConf
 
-    net = next(k for k in ("denoiser", "network", "backbone") if k in cfg.model)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if spec.name != "ar" else None
     return {
         "experiment": spec.experiment, "batch_size": int(cfg.data.batch_size), "max_len": int(cfg.data.max_len),
@@ -461,7 +460,7 @@ def preset_info(spec: FamilySpec, cfg: Any, model: Any, settings: Settings) -> d
         "source_lengths": vars(spec.source) if spec.source else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "network": OmegaConf.to_container(cfg.model[net], resolve=True),
+        "network": OmegaConf.to_container(cfg.model.network, resolve=True),
         "sampler": {k: v for k, v in (sampler or {}).items() if not k.startswith("_")} or None,
         "generate": OmegaConf.to_container(cfg.eval.generate, resolve=True) if cfg.eval.get("generate") else {},
         "sentences_per_generate_call": settings.sample_batch or int(cfg.eval.batch_size),

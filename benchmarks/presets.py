@@ -258,7 +258,7 @@ def raw_strings(cfg: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-HUB_KEYS = ("data.tokenizer", "model.backbone.bert", "model.bart_path")
+HUB_KEYS = ("data.tokenizer", "model.network.bert", "model.bart_path")
 """Config keys that take a hub model name or a local directory."""
 
 
@@ -538,7 +538,7 @@ def _network(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     out = {}
-    for key in ("model.network", "model.denoiser", "model.backbone.bert", "model.bart", "model.bart_path"):
+    for key in ("model.network", "model.bart", "model.bart_path"):
         node = OmegaConf.select(cfg, key)
         if node is not None:
             out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

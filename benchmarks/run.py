@@ -80,7 +80,7 @@ def plain_loop(steps: int, warmup: int, device: str) -> float:
     """The same objective written directly in PyTorch (no Lightning, no textdiff wrappers except the
     denoiser and the schedule table). Returns seconds per step after warm-up."""
     model = make_model(device)
-    net, emb, head = model.denoiser, model.embedding, model.lm_head
+    net, emb, head = model.network, model.embedding, model.lm_head
     abar = DiscreteSchedule(SqrtSchedule(), 2000).abar_grid.float().to(device)  # abar at k/T, k = 0..T
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     data = batches(steps + warmup, device)

@@ -48,19 +48,27 @@ def _assert_clean_exit(code, out):
 # 1. unknown config key --------------------------------------------------------------------------------
 def test_unknown_config_key_is_named_and_nothing_is_written(tmp_path):
     run_dir = tmp_path / "run"
-    code, out = _run("train", ["data=toy", "+model.denoiser.widht=3", f"hydra.run.dir={run_dir}"])
+    code, out = _run("train", ["data=toy", "+model.network.widht=3", f"hydra.run.dir={run_dir}"])
     _assert_clean_exit(code, out)
-    assert "unknown key `model.denoiser.widht`" in out and "TransformerDenoiser takes no argument 'widht'" in out
+    assert "unknown key `model.network.widht`" in out and "TransformerDenoiser takes no argument 'widht'" in out
     assert "dim, depth" in out  # the keys it does take
+    assert _run_outputs(run_dir) == []
+
+
+def test_a_renamed_key_on_the_command_line_names_its_new_name(tmp_path):
+    run_dir = tmp_path / "run"  # model.denoiser / model.backbone: every family's network is model.network now
+    code, out = _run("train", ["data=toy", "model.denoiser.dim=32", f"hydra.run.dir={run_dir}"])
+    _assert_clean_exit(code, out)
+    assert "`model.denoiser` is now `model.network`" in out and "write model.network.dim=32" in out
     assert _run_outputs(run_dir) == []
 
 
 # 2. missing _target_ ----------------------------------------------------------------------------------
 def test_missing_target_is_named_before_training_starts(tmp_path):
     run_dir = tmp_path / "run"  # before: training started with a DictConfig as the network, then crashed
-    code, out = _run("train", ["data=toy", "~model.denoiser._target_", f"hydra.run.dir={run_dir}"])
+    code, out = _run("train", ["data=toy", "~model.network._target_", f"hydra.run.dir={run_dir}"])
     _assert_clean_exit(code, out)
-    assert "`model.denoiser` has no `_target_`" in out and "TransformerDenoiser" in out
+    assert "`model.network` has no `_target_`" in out and "TransformerDenoiser" in out
     assert _run_outputs(run_dir) == []
     with pytest.raises(ConfigError, match=r"`model` has no `_target_`"):  # the group's own node
         build(_compose(["data=toy", "~model._target_"]), "model")
@@ -69,7 +77,7 @@ def test_missing_target_is_named_before_training_starts(tmp_path):
 
 
 # 3. incompatible components ---------------------------------------------------------------------------
-TINY_BERT = "model.backbone.bert={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
+TINY_BERT = "model.network.bert={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
 
 
 def test_incompatible_components_fail_at_build_naming_the_keys(tmp_path):

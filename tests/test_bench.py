@@ -102,7 +102,7 @@ def test_quick_bench_compile_entry(tmp_path):
     doc = json.loads((tmp_path / "diffusion_lm_cpu_quick.json").read_text())
     _check_doc(doc, "diffusion_lm", compile_entry=True)
     entry = doc["entries"]["compile"]
-    assert entry["compiled_modules"] == ["denoiser"]
+    assert entry["compiled_modules"] == ["network"]
     if "error" in entry["training"]:  # a torch build that cannot compile here: the error is recorded
         assert isinstance(entry["training"]["error"], str)
     else:
@@ -157,10 +157,10 @@ def test_compile_networks_compiles_the_denoiser_in_place():
     """What textdiff-train does with compile=true: the network is compiled in place (no wrapper module, same
     state_dict keys); nothing is compiled until the first call, which this test does not make."""
     model = _tiny_diffusion_lm()
-    denoiser, keys = model.denoiser, list(model.state_dict())
-    assert compile_networks(model, None) == [] and not compiled(model.denoiser)
-    assert compile_networks(model, {"mode": "default"}) == ["denoiser"]
-    assert model.denoiser is denoiser and compiled(model.denoiser)
+    denoiser, keys = model.network, list(model.state_dict())
+    assert compile_networks(model, None) == [] and not compiled(model.network)
+    assert compile_networks(model, {"mode": "default"}) == ["network"]
+    assert model.network is denoiser and compiled(model.network)
     assert list(model.state_dict()) == keys
     with pytest.raises(ValueError, match="compile.bogus"):
         compile_networks(_tiny_diffusion_lm(), {"bogus": 1})
@@ -176,8 +176,8 @@ def test_compile_targets_of_the_seq2seq_networks():
     assert compile_targets(ar) == ["network.encoder.0", "network.encoder.1", "network.decoder.0"]
     dif = Difformer(DifformerNet(30, latent_dim=8, dim=16, enc_depth=1, dec_depth=1, heads=2, ffn_dim=32, max_len=8,
                                  max_src_len=8), GaussianProcess(DiscreteSchedule(SqrtSchedule(), 100)), 0, 2, 3)
-    assert compile_networks(dif, True) == ["net", "net.encoder.0"]
-    assert compiled(dif.net) and compiled(dif.net.encoder[0]) and not compiled(dif.net.decoder[0])
+    assert compile_networks(dif, True) == ["network", "network.encoder.0"]
+    assert compiled(dif.network) and compiled(dif.network.encoder[0]) and not compiled(dif.network.decoder[0])
     with pytest.raises(ValueError, match="none of the networks"):
         compile_targets(torch.nn.Linear(2, 2))
 
@@ -195,7 +195,7 @@ class PrecisionProbe:
 
                 def hook(mod, args, output):
                     self.record["denoiser_output_dtype"] = str(output.dtype)
-                module.denoiser.register_forward_hook(hook)
+                module.network.register_forward_hook(hook)
 
             def on_train_end(self, trainer, module):
                 Path(path).write_text(json.dumps(self.record))
@@ -221,14 +221,14 @@ def test_bad_compile_value_is_a_config_error(tmp_path):
 def test_train_with_compile_and_bf16_mixed(shared_data, tmp_path):
     """compile=true and trainer.precision=bf16-mixed through textdiff-train: a few steps train and checkpoint."""
     out = _train(["experiment=diffusion_lm_e2e_cpu", "data.max_train_examples=256", "data.max_eval_examples=32",
-                  "data.batch_size=8", "data.max_len=16", "model.denoiser.dim=32", "model.denoiser.depth=1",
-                  "model.denoiser.heads=2", "diffusion_steps=100", "sampler.num_steps=5", "trainer.max_steps=3",
+                  "data.batch_size=8", "data.max_len=16", "model.network.dim=32", "model.network.depth=1",
+                  "model.network.heads=2", "diffusion_steps=100", "sampler.num_steps=5", "trainer.max_steps=3",
                   "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "evaluate=false",
                   "compile=true", "trainer.precision=bf16-mixed",
                   "+callbacks.probe._target_=tests.test_bench.PrecisionProbe",
                   f"+callbacks.probe.path={tmp_path / 'probe.json'}"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "torch.compile(defaults) on DiffusionLM: denoiser" in out.stderr + out.stdout
+    assert "torch.compile(defaults) on DiffusionLM: network" in out.stderr + out.stdout
     probe = json.loads((tmp_path / "probe.json").read_text())
     assert probe == {"precision": "bf16-mixed", "denoiser_output_dtype": "torch.bfloat16"}  # autocast in the steps
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)

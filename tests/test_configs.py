@@ -58,7 +58,7 @@ def dlm_run(tmp_path_factory, shared_data):
 
     run_dir = tmp_path_factory.mktemp("dlm")
     cfg = _compose(["experiment=diffusion_lm_e2e_cpu", "data.max_train_examples=300", "data.max_eval_examples=50",
-                    "model.denoiser.dim=32", "model.denoiser.depth=1", "model.denoiser.heads=2"], run_dir)
+                    "model.network.dim=32", "model.network.depth=1", "model.network.heads=2"], run_dir)
     build_datamodule(cfg, run_dir)
     model = build(cfg, "model")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
@@ -78,8 +78,8 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
         tok = ae_ckpt.parent.parent / "tokenizer" if "ld4lg" in experiment else tmp_path / "tokenizer"
         table, scale = experiment.split("_")[1], experiment.rsplit("_", 1)[1]
         overrides += [f"compare={table}_{scale}", f"compare.tokenizer={tok}", f"compare.ld4lg_autoencoder={ae_ckpt}"]
-        overrides += ["model.denoiser.latent_dim=8", "model.denoiser.max_len=4"] if "ld4lg" in experiment else []
-        overrides += ["model.denoiser.context_dim=32"] if "seq2seq" in experiment else []  # the stand-in's d_model
+        overrides += ["model.network.latent_dim=8", "model.network.max_len=4"] if "ld4lg" in experiment else []
+        overrides += ["model.network.context_dim=32"] if "seq2seq" in experiment else []  # the stand-in's d_model
     cfg = _compose([f"experiment={experiment}", "data.max_train_examples=300", "data.max_eval_examples=50",
                     *overrides], tmp_path)
     bart_dir, ae_ckpt = ld4lg_assets
@@ -88,10 +88,10 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
             if key in cfg.model.keys() and (OmegaConf.is_missing(cfg.model, key)
                                             or cfg.model[key] == "facebook/bart-base"):
                 cfg.model[key] = str(value)  # (`key in cfg` is False for ??? values, hence keys())
-                if "denoiser" in cfg.model:
-                    cfg.model.denoiser.update(latent_dim=8, max_len=4)
-                    if cfg.model.denoiser.context_dim:
-                        cfg.model.denoiser.context_dim = 32  # the stand-in BART's d_model
+                if "latent_dim" in cfg.model.get("network", {}):  # LD4LG stage 2's latent network
+                    cfg.model.network.update(latent_dim=8, max_len=4)
+                    if cfg.model.network.context_dim:
+                        cfg.model.network.context_dim = 32  # the stand-in BART's d_model
         if OmegaConf.select(cfg, "data.tokenizer") == "facebook/bart-base":
             cfg.data.tokenizer = str(bart_dir)
         if "train_path" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "train_path"):  # ROCStories: files
@@ -101,11 +101,11 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
             cfg.data.update(hf_dataset=None, hf_config=None, field="ref", label_field="mr", label_slot="eatType",
                             **{f"{s}_path": str(shared_data / "e2e" / f"{s}.jsonl")
                                for s in ("train", "valid", "test")})
-    hub_bert = isinstance(OmegaConf.select(cfg, "model.backbone.bert"), str)
+    hub_bert = isinstance(OmegaConf.select(cfg, "model.network.bert"), str)
     if hub_bert:  # a hub-named preset: the same loading path, from local directories
         with open_dict(cfg):
             cfg.data.tokenizer = str(local_bert / "tokenizer")
-            cfg.model.backbone.bert = str(local_bert / "model")
+            cfg.model.network.bert = str(local_bert / "model")
     if OmegaConf.select(cfg, "data.hf_dataset") and OmegaConf.select(cfg, "data.src_field"):
         with open_dict(cfg):  # a hub-named seq2seq preset: the same datamodule on local Multi30k files
             cfg.data.update(hf_dataset=None, hf_config=None, src_field=None, tgt_field=None, src_suffix="de",
@@ -114,15 +114,15 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
     dm = build_datamodule(cfg, tmp_path)
     assert cfg.data.vocab_size == dm.vocab_size > 10
     with open_dict(cfg):  # shrink the network so that paper-scale configs instantiate quickly
-        if "denoiser" in cfg.model:
-            cfg.model.denoiser.update(dim=32, depth=1, heads=2)
+        if "depth" in cfg.model.get("network", {}):  # Diffusion-LM, LD4LG
+            cfg.model.network.update(dim=32, depth=1, heads=2)
         if "network" in cfg.model and "enc_depth" in cfg.model.network:  # Difformer, AR (enc_depth 0 = LM)
             cfg.model.network.update(dim=32, enc_depth=min(1, cfg.model.network.enc_depth), dec_depth=1, heads=2,
                                      ffn_dim=64)
-        if "backbone" in cfg.model and not hub_bert:
-            cfg.model.backbone.bert.update(TINY_BERT)
+        if "bert" in cfg.model.get("network", {}) and not hub_bert:  # DiffusionBERT
+            cfg.model.network.bert.update(TINY_BERT)
     model = build(cfg, "model")
-    vocab = model.vocab_size if hasattr(model, "vocab_size") else model.backbone.vocab_size
+    vocab = model.vocab_size if hasattr(model, "vocab_size") else model.network.vocab_size
     assert vocab == dm.vocab_size
     if hasattr(model, "build_sampler"):  # diffusion families (not the AR baseline)
         assert model.build_sampler().num_steps == cfg.sampler.num_steps
@@ -203,8 +203,8 @@ def test_difformer_variants_build(variant, shared_data, tmp_path):
     build_datamodule(cfg, tmp_path)
     model = build(cfg, "model")
     assert model.process.noise_factor == (1.0 if "noise_factor" in variant or "dlm" in variant else 4.0)
-    assert model.net.embedding.weight.requires_grad == ("fixed" not in variant)
-    assert (model.net.embed_norm is None) == ("embed_norm" in variant or "dlm" in variant)
+    assert model.network.embedding.weight.requires_grad == ("fixed" not in variant)
+    assert (model.network.embed_norm is None) == ("embed_norm" in variant or "dlm" in variant)
     assert model.token_loss == {"no_anchor": "none", "dlm": "rounding"}.get(
         next((k for k in ("no_anchor", "dlm") if k in variant), ""), "anchor")
 

@@ -237,7 +237,7 @@ def test_driver_runs_one_preset_and_writes_json_and_table(tmp_path, shared_data)
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{presets.TABLE_BEGIN}\nold\n{presets.TABLE_END}\nafter\n")
     out = tmp_path / "presets.json"
-    shrink = ["model.denoiser.dim=32", "model.denoiser.depth=1", "model.denoiser.heads=2",
+    shrink = ["model.network.dim=32", "model.network.depth=1", "model.network.heads=2",
               "data.max_train_examples=300", "data.max_eval_examples=50", "sampler.num_steps=5"]
     code = presets.main(["--only", "diffusion_lm_e2e_cpu", "--out", str(out), "--readme", str(readme),
                          "--workdir", str(tmp_path / "work"), "--batch", "8", *(f"--override={o}" for o in shrink)])

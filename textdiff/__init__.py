@@ -43,6 +43,7 @@ _EXPORTS = {
     "Autoregressive": "textdiff.families.autoregressive",
     "DiffusionLM": "textdiff.families.diffusion_lm",
     "DiffusionBERT": "textdiff.families.diffusion_bert",
+    "SamplingRun": "textdiff.families.interface",
     # data
     "TextDataModule": "textdiff.data.datamodule",
     "Seq2SeqDataModule": "textdiff.data.seq2seq",

@@ -89,7 +89,7 @@ def analyse(model: Any, counts: torch.Tensor, batches: list, specials: list[int]
     from textdiff.analysis import (anisotropy, nearest_neighbor_distances, noise_to_distance_ratio,
                                    noisy_nearest_accuracy, norm_by_frequency)
 
-    net, process = model.net, model.process
+    net, process = model.network, model.process
     dev = net.embedding.weight.device
     V = net.vocab_size
     E = net.embedding.weight.detach()
@@ -204,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    net = getattr(model, "net", None)
+    net = getattr(model, "network", None)
     if net is None or not hasattr(net, "embedding") or not hasattr(model.process, "coefs"):
         print(f"error: {args.run_dir} holds a {type(model).__name__}, not a Difformer run", file=sys.stderr)
         return 2

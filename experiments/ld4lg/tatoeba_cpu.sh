@@ -18,7 +18,7 @@ AE="$OUT/ae/checkpoints/last.ckpt"
 "$BIN/textdiff-train" experiment=ld4lg_tatoeba_cpu trainer.max_steps="$STEPS2" model.autoencoder_path="$AE" eval.lm="$OUT/lm" \
   hydra.run.dir="$OUT/diffusion"
 "$BIN/textdiff-train" experiment=ld4lg_tatoeba_cpu trainer.max_steps="$STEPS2" model.autoencoder_path="$AE" eval.lm="$OUT/lm" \
-  model.denoiser.self_condition=false hydra.run.dir="$OUT/diffusion_no_selfcond"
+  model.network.self_condition=false hydra.run.dir="$OUT/diffusion_no_selfcond"
 for K in 25 100 250; do
   "$BIN/textdiff-sample" run_dir="$OUT/diffusion" ckpt=last sampler.num_steps=$K suffix=_k$K
 done

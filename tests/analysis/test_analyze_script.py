@@ -36,7 +36,7 @@ def _tiny_run(run_dir: Path) -> tuple[int, float]:
     dm = build_datamodule(cfg, run_dir)
     model = build(cfg, "model")
     with torch.no_grad():  # a common direction: the trained table is clearly anisotropic
-        model.net.embedding.weight.add_(0.05)
+        model.network.embedding.weight.add_(0.05)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)

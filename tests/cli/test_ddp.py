@@ -55,8 +55,8 @@ def test_ddp_sim_trains_ld4lg_whose_null_vector_skips_self_conditioned_steps(sha
     run_dir = tmp_path / "run"
     args = ["experiment=ld4lg_tatoeba_cpu", f"model.autoencoder_path={ae_ckpt}", "trainer=ddp_sim",
             "trainer.max_steps=4", "data.max_train_examples=128", "data.max_eval_examples=16", "data.batch_size=8",
-            "model.denoiser.dim=32", "model.denoiser.depth=2", "model.denoiser.heads=2", "model.denoiser.max_len=4",
-            "model.denoiser.latent_dim=8", "trainer.limit_val_batches=1", "trainer.val_check_interval=4",
+            "model.network.dim=32", "model.network.depth=2", "model.network.heads=2", "model.network.max_len=4",
+            "model.network.latent_dim=8", "trainer.limit_val_batches=1", "trainer.val_check_interval=4",
             "callbacks.sample_and_score.every_n_validations=1000", "evaluate=false",
             "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")

@@ -44,7 +44,7 @@ def test_fsdp_strategy_settings(tmp_path):
 
     model = _ld4lg()
     units = {name for name, m in model.named_modules() if policy(m, recurse=False)}
-    assert units == {"denoiser.layers.0", "denoiser.layers.1", "autoencoder.bart.model.encoder.layers.0",
+    assert units == {"network.layers.0", "network.layers.1", "autoencoder.bart.model.encoder.layers.0",
                      "autoencoder.bart.model.decoder.layers.0"}
     net = TransformerDenoiser(in_dim=8, dim=16, depth=2, heads=2)  # Diffusion-LM's network
     assert {name for name, m in net.named_modules() if policy(m, recurse=False)} == {"layers.0", "layers.1"}

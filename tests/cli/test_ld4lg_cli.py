@@ -32,9 +32,9 @@ def test_three_stages_chain(shared_data, tmp_path):
     assert {"text", "input", "reconstruction"} <= set(rec)
 
     out = _run("train", ["experiment=ld4lg_tatoeba_cpu", *COMMON,
-                         f"model.autoencoder_path={ae_run / 'checkpoints' / 'last.ckpt'}", "model.denoiser.dim=32",
-                         "model.denoiser.depth=2", "model.denoiser.heads=2", "model.denoiser.max_len=4",
-                         "model.denoiser.latent_dim=8", "sampler.num_steps=5",
+                         f"model.autoencoder_path={ae_run / 'checkpoints' / 'last.ckpt'}", "model.network.dim=32",
+                         "model.network.depth=2", "model.network.heads=2", "model.network.max_len=4",
+                         "model.network.latent_dim=8", "sampler.num_steps=5",
                          "callbacks.sample_and_score.num_samples=4",
                          "callbacks.sample_and_score.num_steps=3", f"hydra.run.dir={diff_run}"])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -62,8 +62,8 @@ def test_class_conditional_stage_with_a_classifier_judge(shared_data, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     out = _run("train", ["experiment=ld4lg_e2e_class_cpu", *tiny_data, f"model.autoencoder_path={ae_ckpt}",
                          "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-                         "model.denoiser.dim=32", "model.denoiser.depth=2", "model.denoiser.heads=2",
-                         "model.denoiser.max_len=4", "model.denoiser.latent_dim=8", "model.guidance_weight=2.0",
+                         "model.network.dim=32", "model.network.depth=2", "model.network.heads=2",
+                         "model.network.max_len=4", "model.network.latent_dim=8", "model.guidance_weight=2.0",
                          "sampler.num_steps=3", "callbacks.sample_and_score.num_samples=3",
                          "callbacks.sample_and_score.num_steps=2", "eval.num_samples=6", f"eval.classifier={clf_run}",
                          f"hydra.run.dir={diff_run}"])

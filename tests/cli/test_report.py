@@ -178,8 +178,8 @@ def test_console_script_exits_nonzero_naming_the_path(tmp_path):
 
 TINY_TOY = [
     "experiment=diffusion_lm_e2e_cpu", "data=toy", "data.max_train_examples=128", "data.max_eval_examples=32",
-    "data.batch_size=16", "data.max_len=16", "model.denoiser.dim=16", "model.denoiser.depth=1",
-    "model.denoiser.heads=2", "diffusion_steps=20", "sampler.num_steps=4", "trainer.max_steps=2",
+    "data.batch_size=16", "data.max_len=16", "model.network.dim=16", "model.network.depth=1",
+    "model.network.heads=2", "diffusion_steps=20", "sampler.num_steps=4", "trainer.max_steps=2",
     "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "callbacks.sample_and_score.num_samples=2",
     "callbacks.sample_and_score.num_steps=2", "logger=csv", "eval.num_samples=4", "eval.batch_size=4",
     "eval.nll_batches=1", "eval.nll_num_t=1", "trainer.enable_progress_bar=false",
@@ -191,20 +191,20 @@ def test_real_tiny_multirun(tmp_path):
     sweep = tmp_path / "multirun"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TEXTDIFF_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, "-c", "import sys; from textdiff.cli.train import main; sys.argv[0]='train'; main()",
-           "-m", *TINY_TOY, "model.denoiser.dropout=0.0,0.1", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+           "-m", *TINY_TOY, "model.network.dropout=0.0,0.1", "seed=0,1", f"hydra.sweep.dir={sweep}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     report = tmp_path / "report"
     main([str(sweep), "--metrics", "bleu,nll,global_step", "--out", str(report)])
     rows = read_csv(report / "report.csv")
-    assert list(rows[0])[:3] == ["model.denoiser.dropout", "n", "seeds"]
-    assert [(r["model.denoiser.dropout"], r["n"], r["seeds"], r["global_step_mean"]) for r in rows] == [
+    assert list(rows[0])[:3] == ["model.network.dropout", "n", "seeds"]
+    assert [(r["model.network.dropout"], r["n"], r["seeds"], r["global_step_mean"]) for r in rows] == [
         ("0.0", "2", "0;1", "2.0"), ("0.1", "2", "0;1", "2.0")]
     for row in rows:
         bleus = [json.loads((Path(p) / "metrics.json").read_text())["bleu"] for p in row["runs"].split(";")]
         assert float(row["bleu_mean"]) == statistics.mean(bleus)
         assert float(row["bleu_std"]) == statistics.stdev(bleus)
-    assert (report / "bleu_vs_model.denoiser.dropout.png").exists()
+    assert (report / "bleu_vs_model.network.dropout.png").exists()
 
 
 @pytest.mark.slow  # 35 s: `make test-slow`

@@ -62,3 +62,56 @@ def test_load_model_rebuilds_the_model_of_a_checkpoint(tmp_path):
     loaded = load_model(str(run_dir / "checkpoints" / "last.ckpt"))
     assert type(loaded) is type(model) and not loaded.training
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def _to_old_names(run_dir, model_key, weight_prefix):
+    """Rewrite a saved run as textdiff saved it before every family's network was called ``network``."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg.model[model_key] = cfg.model.network
+    cfg.model.pop("network")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    path = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=False)
+    old = {weight_prefix + k[len("network."):] if k.startswith("network.") else k: v
+           for k, v in ckpt["state_dict"].items()}
+    ckpt["state_dict"], ckpt["current_model_state"] = old, dict(old)  # with EMA, the raw weights are saved too
+    torch.save(ckpt, path)
+    return ckpt
+
+
+def test_a_run_saved_with_the_old_network_names_still_loads(tmp_path):
+    run_dir, model = _saved_run(tmp_path)  # Diffusion-LM (data=toy's default model): model.denoiser, denoiser.*
+    ckpt = _to_old_names(run_dir, "denoiser", "denoiser.")
+    assert any(k.startswith("denoiser.") for k in ckpt["state_dict"])
+    loaded, _, cfg, _ = load_run(run_dir, "last")
+    assert "denoiser" not in cfg.model and cfg.model.network._target_ == "textdiff.nn.TransformerDenoiser"
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    # what Lightning hands on_load_checkpoint when it resumes: both copies of the weights are renamed
+    loaded.on_load_checkpoint(ckpt)
+    assert set(ckpt["state_dict"]) == set(ckpt["current_model_state"]) == set(model.state_dict())
+
+
+def test_upgrade_weights_renames_inside_a_wrapped_family():
+    from textdiff.families.base import TextModule
+
+    class Old(TextModule):
+        renamed_weights = {"backbone.": "network."}
+
+        def __init__(self):
+            super().__init__()
+            self.network = torch.nn.Linear(2, 2)
+
+        def compute_loss(self, batch):
+            return {}
+
+    class Wrapper(TextModule):
+        def __init__(self):
+            super().__init__()
+            self.diffusion, self.backbone = Old(), torch.nn.Linear(2, 2)
+
+        def compute_loss(self, batch):
+            return {}
+
+    state = {"diffusion.backbone.weight": 1, "diffusion.backbone.bias": 2, "backbone.weight": 3}
+    assert Wrapper().upgrade_weights(state) == 2
+    assert state == {"diffusion.network.weight": 1, "diffusion.network.bias": 2, "backbone.weight": 3}

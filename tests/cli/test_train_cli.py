@@ -11,8 +11,8 @@ import torch
 
 TINY = [
     "experiment=diffusion_lm_e2e_cpu", "data.max_train_examples=512", "data.max_eval_examples=64",
-    "data.batch_size=16", "data.max_len=24", "model.denoiser.dim=32", "model.denoiser.depth=1",
-    "model.denoiser.heads=2", "diffusion_steps=100", "sampler.num_steps=10", "trainer.val_check_interval=10",
+    "data.batch_size=16", "data.max_len=24", "model.network.dim=32", "model.network.depth=1",
+    "model.network.heads=2", "diffusion_steps=100", "sampler.num_steps=10", "trainer.val_check_interval=10",
     "trainer.limit_val_batches=2", "trainer.log_every_n_steps=5", "callbacks.sample_and_score.num_samples=4",
     "callbacks.sample_and_score.num_steps=5", "eval.num_samples=8", "eval.nll_batches=1", "eval.nll_num_t=2",
     "trainer.enable_progress_bar=false",
@@ -54,7 +54,7 @@ def test_config_errors_name_the_key(tmp_path):
     out = _run("train", ["schedule=spindle", f"hydra.run.dir={tmp_path / 'r'}", "data=toy"])
     assert out.returncode != 0
     assert "model.process" in out.stderr + out.stdout and "spindle" in out.stderr + out.stdout
-    out = _run("train", ["model.denoiser.widht=3", f"hydra.run.dir={tmp_path / 'r2'}"])
+    out = _run("train", ["model.network.widht=3", f"hydra.run.dir={tmp_path / 'r2'}"])
     assert out.returncode != 0 and "widht" in out.stderr + out.stdout
     out = _run("sample", [f"run_dir={tmp_path}"])
     assert out.returncode != 0 and "config.yaml" in out.stderr + out.stdout
@@ -81,9 +81,9 @@ def test_resume_continues_at_the_right_step_with_the_same_optimizer_state(shared
 
 BERT_TINY = [
     "experiment=diffusion_bert_tatoeba_cpu", "data.max_train_examples=512", "data.max_eval_examples=64",
-    "data.batch_size=16", "data.max_len=16", "model.backbone.bert.hidden_size=32",
-    "model.backbone.bert.num_hidden_layers=1", "model.backbone.bert.num_attention_heads=2",
-    "model.backbone.bert.intermediate_size=64", "diffusion_steps=64", "sampler.num_steps=8", "model.nll_steps=4",
+    "data.batch_size=16", "data.max_len=16", "model.network.bert.hidden_size=32",
+    "model.network.bert.num_hidden_layers=1", "model.network.bert.num_attention_heads=2",
+    "model.network.bert.intermediate_size=64", "diffusion_steps=64", "sampler.num_steps=8", "model.nll_steps=4",
     "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "trainer.log_every_n_steps=5",
     "callbacks.sample_and_score.num_samples=4", "callbacks.sample_and_score.num_steps=4", "eval.num_samples=8",
     "eval.nll_batches=1", "trainer.enable_progress_bar=false", "trainer.max_steps=20",

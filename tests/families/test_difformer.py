@@ -109,11 +109,11 @@ def test_loss_terms_and_their_switches():
     # the rounding variant scores z0 = sqrt(d) E[y]: its gradient never reaches the decoder
     model = _model(token_loss="rounding")
     model.compute_loss(batch)["token"].backward()
-    assert all(p.grad is None or not p.grad.any() for p in model.net.decoder.parameters())
-    assert model.net.embedding.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.network.decoder.parameters())
+    assert model.network.embedding.weight.grad.abs().sum() > 0
     frozen = _model(fixed_embeddings=True)
     frozen.compute_loss(batch)["loss"].backward()
-    assert frozen.net.embedding.weight.grad is None
+    assert frozen.network.embedding.weight.grad is None
     with pytest.raises(ValueError, match="token_loss"):
         _model(token_loss="anchors")
 
@@ -134,15 +134,17 @@ def test_decoding_is_seeded_and_counts_steps(trained):
     a = model.generate(batch["src_ids"], seed=3, length_beam=3, noise_beam=2)
     b = model.generate(batch["src_ids"], seed=3, length_beam=3, noise_beam=2)
     assert torch.equal(a, b)
-    model.generate(batch["src_ids"], seed=3, num_steps=10, early_stop=4)
-    assert model.last_sample_stats["nfe"] == 6 and model.last_sample_stats["candidates"] == 1
+    run = model.generate_run(batch["src_ids"], seed=3, num_steps=10, early_stop=4)
+    assert run.output.nfe == 6 and run.details["candidates"] == 1 and run.nfe == 6  # one candidate per source
+    run = model.generate_run(batch["src_ids"], seed=3, num_steps=10, length_beam=3, noise_beam=2)
+    assert run.nfe == 10 * 6 and run.report()["candidates"] == 6  # every candidate runs every step
 
 
 def test_candidates_and_the_three_selection_rules(trained):
     model, _, _ = trained
     batch = _batch()
-    ids, cand = model.generate(batch["src_ids"], batch["src_mask"], seed=0, length_beam=3, noise_beam=2,
-                               return_candidates=True)
+    run = model.generate_run(batch["src_ids"], batch["src_mask"], seed=0, length_beam=3, noise_beam=2)
+    ids, cand = run.ids, run.extras["candidates"]
     assert cand["ids"].shape[:2] == (2, 6) and cand["logprob"].shape == (2, 6)
     assert torch.equal(cand["chosen"], cand["logprob"].argmax(-1))
     lengths = cand["mask"].sum(-1)  # framed lengths: predicted - 1, predicted, predicted + 1 (x 2 noises)
@@ -151,7 +153,7 @@ def test_candidates_and_the_three_selection_rules(trained):
         chosen = cand["ids"][b, cand["chosen"][b]][cand["mask"][b, cand["chosen"][b]]]
         assert ids[b, : len(chosen)].tolist() == chosen.tolist()
 
-    _, mbr = model.generate(batch["src_ids"], seed=0, length_beam=3, noise_beam=2, select="mbr", return_candidates=True)
+    mbr = model.generate_run(batch["src_ids"], seed=0, length_beam=3, noise_beam=2, select="mbr").extras["candidates"]
     rows = [[[w for w in r[m].tolist()[1:-1]] for r, m in zip(mbr["ids"][b], mbr["mask"][b])] for b in range(2)]
     assert mbr["chosen"].tolist() == mbr_select(rows)
 
@@ -164,8 +166,8 @@ def test_candidates_and_the_three_selection_rules(trained):
         model.generate(batch["src_ids"], select="rerank")
     model.set_reranker(Prefers())
     try:
-        _, rr = model.generate(batch["src_ids"], seed=0, length_beam=3, noise_beam=2, select="rerank",
-                               return_candidates=True)
+        rr = model.generate_run(batch["src_ids"], seed=0, length_beam=3, noise_beam=2,
+                                select="rerank").extras["candidates"]
     finally:
         model.reranker = None
     assert rr["chosen"].tolist() == [5, 5]
@@ -191,7 +193,7 @@ def test_clamping_keeps_outputs_on_embeddings(trained):
     finally:
         del model._clamp_hook
     assert seen
-    rows = model.net.embed(torch.arange(V)).reshape(V, -1)
+    rows = model.network.embed(torch.arange(V)).reshape(V, -1)
     for z in seen:  # every snapped vector is a row of sqrt(d) E
         d = torch.cdist(z.reshape(-1, z.shape[-1]), rows)
         assert torch.allclose(d.min(-1).values, torch.zeros(d.shape[0]), atol=1e-4)

@@ -135,11 +135,12 @@ def test_samples_keep_frame_lengths_and_never_remask(time_mode):
 def test_reuse_cache_is_exact_and_saves_calls():
     m = _model(T=64, steps=64)
     m.set_corpus_statistics(_corpus())
-    a, out_a = m.generate(8, seed=0, return_output=True, reuse_unchanged=False)
-    b, out_b = m.generate(8, seed=0, return_output=True)
-    assert (a == b).float().mean() > 0.95  # sub-batch matmuls may round differently from the full batch
-    assert out_a.row_evals == 64 * 8 and out_b.row_evals < 64 * 8 / 4
-    assert m.last_sample_stats["nfe_per_sequence"] == out_b.row_evals / 8
+    run_a = m.generate_run(8, seed=0, reuse_unchanged=False)
+    run_b = m.generate_run(8, seed=0)
+    assert (run_a.ids == run_b.ids).float().mean() > 0.95  # sub-batch matmuls may round differently
+    assert run_a.output.row_evals == 64 * 8 and run_b.output.row_evals < 64 * 8 / 4
+    assert run_a.nfe == 64 and run_b.nfe == run_b.output.row_evals / 8
+    assert run_b.report()["reuse_unchanged"] is True and run_a.report()["reuse_unchanged"] is False
     with pytest.raises(ValueError, match="top_k"):
         m.generate(2, top_k=0)
 
@@ -149,7 +150,7 @@ def test_nll_bound_of_a_uniform_model():
     step adds w ln(V - 1) per masked token; over the chain the unmasking weights of a plain schedule
     sum to one per token in expectation, so the bound's expectation is n ln(V - 1) for any K."""
     m = _model(spindle=False, T=64)
-    for p in m.backbone.bert.cls.parameters():
+    for p in m.network.bert.cls.parameters():
         torch.nn.init.zeros_(p)
     seqs = _corpus(64)
     batch = _batch(seqs)

@@ -51,11 +51,11 @@ def test_generate_is_seeded_and_clamps_to_embeddings():
     assert a.shape == (5, 12) and a.dtype == torch.long
     assert torch.equal(a, m.generate(5, seed=3))
     assert not torch.equal(a, m.generate(5, seed=4))
-    ids, out = m.generate(3, seed=0, return_output=True, num_steps=20)
+    out = m.generate_run(3, seed=0, num_steps=20).output
     assert out.nfe == 20
     dist = torch.cdist(out.x.reshape(-1, 8), m.embedding.weight).min(-1).values
     assert torch.all(dist < 1e-4)  # the last clamped x0 is an embedding row
-    _, unclamped = m.generate(3, seed=0, clamp=False, return_output=True)
+    unclamped = m.generate_run(3, seed=0, clamp=False).output
     assert torch.cdist(unclamped.x.reshape(-1, 8), m.embedding.weight).min(-1).values.max() > 1e-3
 
 
@@ -130,7 +130,7 @@ def test_encode_templates_marks_blanks_and_names_bad_templates():
 
 def test_generate_runs_in_eval_mode_and_restores_the_mode_even_when_it_raises():
     m = tiny()
-    m.denoiser.dropout = torch.nn.Dropout(0.5)  # a module whose mode matters
+    m.network.dropout = torch.nn.Dropout(0.5)  # a module whose mode matters
     seen = []
     quiet = lambda xt, t, mask=None: (seen.append(m.training), torch.zeros_like(xt))[1]  # noqa: E731
     m.denoise = quiet
@@ -140,7 +140,7 @@ def test_generate_runs_in_eval_mode_and_restores_the_mode_even_when_it_raises():
     m.denoise = lambda xt, t, mask=None: (_ for _ in ()).throw(RuntimeError("boom"))
     with pytest.raises(RuntimeError, match="boom"):
         m.generate(2, seed=0)
-    assert m.training and m.denoiser.training  # before: left in eval mode by the error
+    assert m.training and m.network.training  # before: left in eval mode by the error
     m.denoise = quiet
     m.eval()
     m.generate(2, seed=0)

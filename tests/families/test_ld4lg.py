@@ -155,7 +155,7 @@ def test_ld4lg_trains_the_denoiser_only_and_normalises_from_the_first_batch():
     torch.manual_seed(0)
     model = _normalising_ld4lg()
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"denoiser"}
+    assert trainable == {"network"}
     model.train()
     assert not model.autoencoder.training
     b = _batch()
@@ -198,13 +198,13 @@ def test_sampling_is_seeded_and_class_labels_are_balanced():
     model = _ld4lg(num_classes=3, guidance_weight=2.0)
     model.compute_loss(_batch(labels=True))  # sets the latent statistics
     dec = {"max_length": 8, "min_length": 1}
-    a = model.generate(5, seed=3, batch_size=2, decode=dec)
-    assert model.last_labels == [0, 1, 2, 0, 1]
-    assert model.last_sample_stats["nfe_per_batch"] == 12  # 6 steps x (conditional + unconditional)
+    run = model.generate_run(5, seed=3, batch_size=2, decode=dec)
+    assert run.labels == [0, 1, 2, 0, 1]
+    assert run.nfe == 12 and run.report()["guidance_weight"] == 2.0  # 6 steps x (conditional + unconditional)
     b = model.generate(5, seed=3, batch_size=2, decode=dec)
-    assert torch.equal(a, b)
-    model.generate(2, seed=3, guidance_weight=1.0, labels=[2, 2], decode=dec)
-    assert model.last_sample_stats["nfe_per_batch"] == 6 and model.last_labels == [2, 2]
+    assert torch.equal(run.ids, b)
+    run = model.generate_run(2, seed=3, guidance_weight=1.0, labels=[2, 2], decode=dec)
+    assert run.nfe == 6 and run.labels == [2, 2]
     with pytest.raises(ValueError, match="class ids"):
         model.generate(2, labels=[0, 3], decode=dec)
     with pytest.raises(ValueError, match="not class-conditional"):
@@ -216,7 +216,7 @@ def test_class_conditional_training_needs_labels_and_drops_them():
     with pytest.raises(ValueError, match="label_field"):
         model.compute_loss(_batch())
     seen = []
-    model.denoiser.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["class_ids"]),
+    model.network.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["class_ids"]),
                                          with_kwargs=True)
     model.compute_loss(_batch(labels=True))
     assert all((c == 3).all() for c in seen)  # p = 1: every row gets the null class
@@ -225,11 +225,11 @@ def test_class_conditional_training_needs_labels_and_drops_them():
 def test_guidance_changes_samples_only_for_conditional_models():
     torch.manual_seed(0)
     model = _ld4lg(num_classes=3)
-    for p in model.denoiser.output_proj.parameters():  # a fresh denoiser outputs 0: make the class matter
+    for p in model.network.output_proj.parameters():  # a fresh denoiser outputs 0: make the class matter
         torch.nn.init.normal_(p, std=0.5)
     model.compute_loss(_batch(labels=True))
-    _, z1 = model.generate(3, seed=0, guidance_weight=1.0, return_latents=True, decode={"max_length": 6})
-    _, z3 = model.generate(3, seed=0, guidance_weight=3.0, return_latents=True, decode={"max_length": 6})
+    z1 = model.generate_run(3, seed=0, guidance_weight=1.0, decode={"max_length": 6}).extras["latents"]
+    z3 = model.generate_run(3, seed=0, guidance_weight=3.0, decode={"max_length": 6}).extras["latents"]
     assert not torch.allclose(z1, z3)
 
 
@@ -284,12 +284,12 @@ def test_weight_decay_only_on_weight_matrices_as_the_official_optimizer():
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim >= 2 or n == "denoiser.null_self_cond":  # official init_self_cond is (1, d): decayed there too
+        if p.ndim >= 2 or n == "network.null_self_cond":  # official init_self_cond is (1, d): decayed there too
             assert id(p) in decayed, n
         else:
             assert id(p) in plain, n
     assert any(names[i].endswith("norm.weight") for i in plain) and any(names[i].endswith(".bias") for i in plain)
-    assert {"denoiser.class_emb.0.weight", "denoiser.pos.weight"} <= {names[i] for i in decayed}
+    assert {"network.class_emb.0.weight", "network.pos.weight"} <= {names[i] for i in decayed}
     opt = model.optimizer_factory(groups)  # the default factory: AdamW
     assert [g["weight_decay"] for g in opt.param_groups] == [opt.defaults["weight_decay"], 0.0]
     # None keeps the previous single group (other families' default)
@@ -316,8 +316,8 @@ def test_param_groups_helper():
     assert param_groups(net, decay=["1.weight", "absent"])[0]["params"][1] is net[1].weight
     from textdiff.families.optim import clean_param_name
 
-    assert clean_param_name("denoiser.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.ff.proj_in.bias") == \
-        "denoiser.layers.0.ff.proj_in.bias"
+    assert clean_param_name("network.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.ff.proj_in.bias") == \
+        "network.layers.0.ff.proj_in.bias"
     ndims = {"0.weight": 2, "1.weight": 1, "1.bias": 1, "2.weight": 2}
     for p in net.parameters():  # as FSDP's flattened views
         p.data = p.data.reshape(-1)

@@ -91,7 +91,7 @@ def test_shipped_network_regularisation_and_initialisation(preset, tmp_path):
     assert cfg.sampler.num_steps == K and cfg.sampler.early_stop == EARLY  # conf/decoding/difformer.yaml
     assert cfg.model.network.attention_dropout == 0.0 and cfg.model.network.activation_dropout == 0.0
     torch.manual_seed(0)
-    net = build(cfg, "model").net
+    net = build(cfg, "model").network
     for layer in [*net.encoder, *net.decoder]:
         assert layer.dropout1.p == 0.3 and layer.dropout.p == 0.0 and layer.self_attn.dropout == 0.0
     assert all(layer.multihead_attn.dropout == 0.0 for layer in net.decoder)

@@ -45,7 +45,7 @@ def test_training_loss_terms_are_training_losses_e2e(prediction):
     noise = torch.randn_like(x_start)
     a, s = abar[idx].sqrt().view(-1, 1, 1), (1 - abar[idx]).sqrt().view(-1, 1, 1)
     x_t = a * x_start + s * noise
-    out = m.denoiser(x_t, idx.float() * 1000 / T)  # --rescale_timesteps: t * 1000 / T
+    out = m.network(x_t, idx.float() * 1000 / T)  # --rescale_timesteps: t * 1000 / T
     target = x_start if prediction == "x0" else noise
     mse = ((target - out) ** 2).mean((1, 2))
     pred_xstart = out if prediction == "x0" else (x_t - s * out) / a

@@ -122,7 +122,8 @@ def test_ddpm_sampling_loop_matches_the_official_one(seq2seq, mode, renorm):
         mask = torch.ones_like(src, dtype=torch.bool)
         cond = {"context": model.context(src, mask), "context_mask": mask}
     with torch.no_grad():
-        ours, _ = model._sample_latents(n, torch.Generator().manual_seed(1), model.build_sampler(), 1.0, **cond)
+        out, _ = model._sample_latents(n, torch.Generator().manual_seed(1), model.build_sampler(), 1.0, **cond)
+        ours = out.x0
         official = _official_ddpm_sample(model, shape, torch.Generator().manual_seed(1), renorm, **cond)
     assert torch.allclose(ours, official, atol=2e-4), (ours - official).abs().max()
 

@@ -159,7 +159,7 @@ def noisy_nearest_accuracy(process: Any, embed: Callable[[Tensor], Tensor], weig
 
     Args:
         process: a ``GaussianProcess`` (anything with ``coefs(t) -> (a, sigma)`` and ``noise_factor``).
-        embed: ids (B, L) -> latents (B, L, d), e.g. ``model.net.embed``.
+        embed: ids (B, L) -> latents (B, L, d), e.g. ``model.network.embed``.
         weight: (V, d) embedding table E of the logits.
         ids: (B, L) long token ids; mask: (B, L) True on the positions scored.
         times: the t in [0, 1] to evaluate.

@@ -12,7 +12,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -71,6 +71,23 @@ def checkpoint_errors_as_config_errors() -> Iterator[None]:
         yield
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
+
+
+#: config keys renamed since textdiff first shipped them, old -> new (every family's network is ``model.network``);
+#: saved runs are upgraded on load (``textdiff.cli.runs.upgrade_config``), command lines are told
+RENAMED_OVERRIDES = {"model.denoiser": "model.network", "model.backbone": "model.network"}
+
+
+def check_renamed_overrides(args: Sequence[str], program: str) -> None:
+    """Exit with the new name when a command-line override uses a renamed key (``model.denoiser.dim=32``), before
+    Hydra answers with "Key 'denoiser' is not in struct"."""
+    for arg in args:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        for old, new in RENAMED_OVERRIDES.items():
+            if key == old or key.startswith(old + "."):
+                fixed = arg.replace(old, new, 1)
+                raise SystemExit(f"{program}: `{old}` is now `{new}` (every family calls its network `network`): "
+                                 f"write {fixed}")
 
 
 def run_dir_of(checkpoint: str) -> str:
@@ -172,7 +189,7 @@ _MAPPING_HINT = re.compile(r"\b(dict|Dict|Mapping|MutableMapping|Any|DictConfig|
 def _missing_target(node: Any, key: str) -> Optional[str]:
     """Why the config ``node`` at ``key`` cannot be built for lack of a ``_target_`` (None when it can):
     the node has none, or a sub-config has Hydra keys (``_partial_``...) or feeds an argument whose type
-    is not a mapping (e.g. ``model.denoiser``) but has no ``_target_``."""
+    is not a mapping (e.g. ``model.network``) but has no ``_target_``."""
     if not OmegaConf.is_dict(node):
         return None
     if "_target_" not in node:

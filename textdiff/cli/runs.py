@@ -43,12 +43,24 @@ def _rewrite_targets(node: Any) -> None:
                     node[key] = MOVED_TARGETS[old] + child._value()[len(old):]
 
 
+#: model config keys renamed since runs were first saved, per model class: every family's trained network is
+#: ``network`` (the weights are renamed on load by ``TextModule.renamed_weights``)
+RENAMED_MODEL_KEYS = {"DiffusionLM": ("denoiser", "network"), "LD4LG": ("denoiser", "network"),
+                      "DiffusionBERT": ("backbone", "network")}
+
+
 def upgrade_config(cfg: Any) -> Any:
     """Rewrite, in place, what a run saved by an older textdiff names differently today: the moved ``_target_``
-    paths of :data:`MOVED_TARGETS`, and a NoisyClassifier's ``model.diffusion_path: <ckpt>`` (now
+    paths of :data:`MOVED_TARGETS`, the model keys of :data:`RENAMED_MODEL_KEYS` (``model.denoiser`` is now
+    ``model.network``), and a NoisyClassifier's ``model.diffusion_path: <ckpt>`` (now
     ``model.diffusion: {_target_: textdiff.cli.runs.load_model, checkpoint: <ckpt>}``). Returns ``cfg``."""
     _rewrite_targets(cfg)
     model = cfg._get_node("model") if isinstance(cfg, DictConfig) and "model" in cfg else None
+    target = model._get_node("_target_") if isinstance(model, DictConfig) and "_target_" in model else None
+    old, new = RENAMED_MODEL_KEYS.get(str(target._value()).rsplit(".", 1)[-1], (None, None)) if target else (None, None)
+    if old and old in model and new not in model:
+        model[new] = model._get_node(old)
+        model.pop(old)
     if isinstance(model, DictConfig) and "diffusion_path" in model and "diffusion" not in model:
         model["diffusion"] = {"_target_": "textdiff.cli.runs.load_model",
                               "checkpoint": model._get_node("diffusion_path")._value()}

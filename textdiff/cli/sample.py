@@ -8,13 +8,16 @@ checkpoint), sample, score, and write ``samples.jsonl`` and ``metrics.json`` (wi
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from textdiff.cli.common import CONF_DIR, ConfigError, configure_logging, register_resolvers, resolve_device
+from textdiff.cli.common import (
+    CONF_DIR, ConfigError, check_renamed_overrides, configure_logging, register_resolvers, resolve_device,
+)
 from textdiff.cli.runs import attach_reranker, load_judges, load_run
 from textdiff.data.sources import DataError
 from textdiff.families.interface import GuidesLatents, Infills
@@ -125,7 +128,7 @@ def infill(cfg: DictConfig, model: Any, dm: Any, run_dir: Path, checkpoint: Path
         raise ConfigError(f"infill= needs a model with infill(); {type(model).__name__} has none")
     templates = read_lines(str(cfg.infill))
     tok = dm.tokenizer
-    length = int(getattr(getattr(model, "denoiser", None), "max_len", 0) or dm.max_len)
+    length = int(getattr(getattr(model, "network", None), "max_len", 0) or dm.max_len)
     context, fill = encode_templates(templates, tok, length, blank=str(cfg.infill_blank),
                                      add_bos_eos=bool(getattr(dm, "add_bos_eos", True)))
     start = time.perf_counter()
@@ -151,6 +154,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``textdiff-sample``)."""
+    check_renamed_overrides(sys.argv[1:], "textdiff-sample")
     _hydra_main()
 
 

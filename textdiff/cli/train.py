@@ -12,6 +12,7 @@ The run directory (Hydra's) receives: ``config.yaml`` (resolved), ``tokenizer/``
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +22,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from textdiff.cli.common import (
-    CONF_DIR, ConfigError, build, build_datamodule, check_checkpoint_family, configure_logging, register_resolvers,
+    CONF_DIR, ConfigError, build, build_datamodule, check_checkpoint_family, check_renamed_overrides, configure_logging,
+    register_resolvers,
 )
 from textdiff.cli.runs import attach_reranker, load_judges
 from textdiff.data.sources import DataError
@@ -181,6 +183,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 
 def main() -> None:
     """Console entry point (``textdiff-train``)."""
+    check_renamed_overrides(sys.argv[1:], "textdiff-train")
     _hydra_main()
 
 

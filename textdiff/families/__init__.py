@@ -7,9 +7,10 @@ from textdiff.families.base import EMA, DiffusionModule, TextModule
 from textdiff.families.classifier import TextClassifier
 from textdiff.families.difformer import Difformer
 from textdiff.families.diffusion_lm import DiffusionLM
+from textdiff.families.interface import SamplingRun
 
 __all__ = ["EMA", "Autoregressive", "BartDenoiser", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule",
-           "LD4LG", "LatentAutoencoder", "NoisyClassifier", "TextClassifier", "TextModule"]
+           "LD4LG", "LatentAutoencoder", "NoisyClassifier", "SamplingRun", "TextClassifier", "TextModule"]
 
 
 def __getattr__(name: str) -> Any:

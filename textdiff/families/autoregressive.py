@@ -20,6 +20,7 @@ That is simple and obviously correct; at the lengths used here (<= 64 tokens) it
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor
 from textdiff.core.hooks import LogitFilter
 from textdiff.core.types import Batch
 from textdiff.families.base import OptimizerFactory, SchedulerFactory, TextModule
+from textdiff.families.interface import SamplingRun
 from textdiff.nn.autoregressive import ARTransformer
 
 NEG_INF = float("-inf")
@@ -202,6 +204,17 @@ class Autoregressive(TextModule):
             raise ValueError("this is an unconditional language model (enc_depth=0): call "
                              "generate(num_samples, seq_len=None, ...); it takes no source")
         return self.sample(*args, **kwargs)
+
+    def generate_run(self, *args: Any, **kwargs: Any) -> SamplingRun:
+        """``generate`` (same arguments) as a ``SamplingRun``: the ids, the wall-clock seconds, and the decoding
+        settings given (``details``); no sampler."""
+        if kwargs.get("return_scores"):
+            raise ValueError("generate_run returns the ids only; call beam_search(..., return_scores=True) for scores")
+        start = time.perf_counter()
+        ids = self.generate(*args, **kwargs)
+        settings = ("beam_size", "length_penalty", "max_len") if self.conditional else ("temperature", "top_k", "top_p")
+        return SamplingRun(ids, seconds=time.perf_counter() - start,
+                           details={k: kwargs[k] for k in settings if kwargs.get(k) is not None})
 
     def _next_logprobs(self, tokens: Tensor, memory: Optional[Tensor], memory_mask: Optional[Tensor]) -> Tensor:
         """log p(next token | prefix) for prefixes (N, t), recomputed from scratch: (N, V) float."""

@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import logging
 from abc import abstractmethod
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Union
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +20,7 @@ from textdiff.core.gaussian import GaussianProcess
 from textdiff.core.sampler import Sampler
 from textdiff.core.schedules import grid_steps
 from textdiff.core.types import Batch
+from textdiff.families.interface import SamplingRun
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,38 @@ class TextModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"family": type(self).__name__, "module": type(self).__module__}
 
+    #: weight-name prefixes of checkpoints saved by an older textdiff, old -> new (e.g. ``{"denoiser.": "network."}``
+    #: since every family calls its trained network ``network``); ``upgrade_weights`` applies them on load.
+    renamed_weights: ClassVar[dict[str, str]] = {}
+
+    def upgrade_weights(self, state: dict[str, Any], prefix: str = "") -> int:
+        """Rename, in place, the keys of a state dict saved under an older name of a submodule: this module's
+        ``renamed_weights`` and those of every ``TextModule`` inside it (a NoisyClassifier's diffusion model), at
+        ``prefix``. Returns how many keys were renamed."""
+        renamed = 0
+        for old, new in self.renamed_weights.items():
+            for key in [k for k in state if k.startswith(prefix + old)]:
+                state[prefix + new + key[len(prefix + old):]] = state.pop(key)
+                renamed += 1
+        for name, child in self.named_children():
+            if isinstance(child, TextModule):
+                renamed += child.upgrade_weights(state, f"{prefix}{name}.")
+        return renamed
+
+    def upgrade_checkpoint(self, checkpoint: dict[str, Any], source: str = "the checkpoint") -> None:
+        """``upgrade_weights`` on a Lightning checkpoint's weights: ``state_dict`` and, with EMA, the raw weights
+        (``current_model_state``)."""
+        renamed = sum(self.upgrade_weights(checkpoint[key]) for key in ("state_dict", "current_model_state")
+                      if isinstance(checkpoint.get(key), dict))
+        if renamed:
+            log.info("%s: %d weights saved under an older submodule name were renamed (%s)", source, renamed,
+                     ", ".join(f"{o}* -> {n}*" for o, n in self.renamed_weights.items()) or "inside a submodule")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning calls this before it loads the weights (resume, ``load_from_checkpoint``): old names are
+        upgraded. A family overriding it calls this."""
+        self.upgrade_checkpoint(checkpoint)
+
     @contextlib.contextmanager
     def sampling(self) -> Iterator[None]:
         """Eval mode for the body (dropout off), then back to the mode the module had, also when the body raises.
@@ -215,6 +248,7 @@ class TextModule(pl.LightningModule):
             raise ValueError(
                 f"checkpoint {path} holds a {meta.get('family')} model, not a {type(self).__name__}"
             )
+        self.upgrade_checkpoint(ckpt, str(path))
         self.load_state_dict(ckpt["state_dict"], strict=strict)
         return ckpt
 
@@ -254,9 +288,15 @@ class DiffusionModule(TextModule):
 
     # ----- what families implement -----
     @abstractmethod
+    def generate_run(self, *args: Any, sampler: Optional[Sampler] = None, **kwargs: Any) -> SamplingRun:
+        """New samples and how they were made: ``generate_run(num_samples, ...)`` for unconditional families,
+        ``generate_run(src_ids, src_mask, ...)`` for conditional ones (``conditional = True``). ``sampler``: a
+        built ``Sampler`` (``build_sampler(...)``) to run instead of the configured one; sampler overrides such as
+        ``num_steps=20`` may be passed instead (``sampler_for``)."""
+
     def generate(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Token ids (B, L) of new samples: ``generate(num_samples, ...)`` for unconditional families,
-        ``generate(src_ids, src_mask, ...)`` for conditional ones (``conditional = True``)."""
+        """Token ids (B, L) of new samples: ``generate_run(...).ids``, with the same arguments."""
+        return self.generate_run(*args, **kwargs).ids
 
     # ----- shared pieces -----
     def sample_t(self, n: int) -> Tensor:
@@ -278,3 +318,15 @@ class DiffusionModule(TextModule):
     def build_sampler(self, **overrides: Any) -> Sampler:
         """The configured sampler with ``overrides`` (e.g. ``num_steps=2000``) on this model's process."""
         return self.sampler_factory(process=self.process, **overrides)
+
+    def sampler_for(self, sampler: Optional[Sampler], overrides: dict[str, Any]) -> Sampler:
+        """The sampler a ``generate_run`` call runs: ``sampler`` when one is given, else ``build_sampler(**overrides)``.
+        Raises ValueError for both (the settings travel in one place)."""
+        if sampler is None:
+            return self.build_sampler(**overrides)
+        if overrides:
+            raise ValueError(f"pass a built sampler or sampler overrides, not both (got sampler= and "
+                             f"{', '.join(sorted(overrides))}); build it with build_sampler(...)")
+        if not isinstance(sampler, Sampler):
+            raise TypeError(f"sampler must be a textdiff.core.Sampler, got {type(sampler).__name__}")
+        return sampler

@@ -97,15 +97,19 @@ class TextClassifier(TextModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_KEY]["classes"] = self.classes
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def _adopt_saved_classes(self, checkpoint: dict[str, Any]) -> None:
         classes = checkpoint.get(CHECKPOINT_KEY, {}).get("classes")
         if classes is not None:
             self._adopt_classes(classes, "the checkpoint")
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._adopt_saved_classes(checkpoint)
+
     def load_weights(self, path: str, strict: bool = True) -> dict[str, Any]:
         """``TextModule.load_weights`` plus the class names saved in the checkpoint."""
         ckpt = super().load_weights(path, strict=strict)
-        self.on_load_checkpoint(ckpt)
+        self._adopt_saved_classes(ckpt)
         return ckpt
 
     # ----- training -----

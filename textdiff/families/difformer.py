@@ -26,6 +26,7 @@ The network's regularisation and initialisation are fairseq's (``DifformerNet``:
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import torch
@@ -33,9 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from textdiff.core.gaussian import GaussianProcess
-from textdiff.core.types import Batch
-from textdiff.core.types import pad_sequences
+from textdiff.core.sampler import Sampler
+from textdiff.core.types import Batch, pad_sequences
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
+from textdiff.families.interface import SamplingRun
 from textdiff.metrics.selection import best_by_score, mbr_select
 from textdiff.nn.difformer import DifformerNet
 
@@ -62,6 +64,8 @@ class Difformer(DiffusionModule):
         select: how a candidate is chosen: "logprob", "mbr" or "rerank" (needs ``set_reranker``).
         sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay: see ``DiffusionModule``.
     """
+
+    renamed_weights = {"net.": "network."}  # checkpoints saved before the network was called `network`
 
     conditional = True
 
@@ -99,28 +103,27 @@ class Difformer(DiffusionModule):
             raise ValueError(f"length_beam and noise_beam must be >= 1, got {length_beam} and {noise_beam}")
         if not 0.0 <= self_condition_prob <= 1.0:
             raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
-        self.net = network
+        self.network = network
         self.pad_id, self.bos_id, self.eos_id = int(pad_id), int(bos_id), int(eos_id)
         self.token_loss, self.label_smoothing = token_loss, float(label_smoothing)
         self.length_loss_weight, self.self_condition_prob = float(length_loss_weight), float(self_condition_prob)
         self.fixed_embeddings = bool(fixed_embeddings)
         if fixed_embeddings:
-            self.net.embedding.weight.requires_grad_(False)
+            self.network.embedding.weight.requires_grad_(False)
         self.clamp, self.length_beam, self.noise_beam, self.select = (bool(clamp), int(length_beam), int(noise_beam),
                                                                       select)
         self.reranker: Any = None  # not a submodule: never saved with this model's weights
-        self.last_sample_stats: dict[str, Any] = {}
 
     @property
     def vocab_size(self) -> int:
         """V, the joint vocabulary size."""
-        return self.net.vocab_size
+        return self.network.vocab_size
 
     # ----- training -----
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
         ids, mask = batch["ids"], batch["mask"]
         src, src_mask = batch["src_ids"], batch["src_mask"]
-        net = self.net
+        net = self.network
         memory = net.encode(src, src_mask)
         length_target = net.length.target(mask.sum(-1), src_mask.sum(-1))
         length_logits = net.length_logits(memory, src_mask)
@@ -156,15 +159,19 @@ class Difformer(DiffusionModule):
         self.reranker = model
 
     def _clamp_hook(self) -> Any:
-        return lambda z0, t: self.net.embed(self.net.logits(z0).argmax(-1))  # clamping: snap to sqrt(d) E[w]
+        return lambda z0, t: self.network.embed(self.network.logits(z0).argmax(-1))  # clamping: snap to sqrt(d) E[w]
 
     def _frame(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
         """BOS + tokens + EOS, right-padded: (N, L) ids and mask on this model's device."""
         ids, mask = pad_sequences([[self.bos_id, *r, self.eos_id] for r in rows], self.pad_id)
         return ids.to(self.device), mask.to(self.device)
 
+    def build_sampler(self, **overrides: Any) -> Sampler:
+        """The configured sampler; it self-conditions whenever the network takes a self-conditioning input."""
+        return super().build_sampler(**{"self_condition": self.network.self_condition, **overrides})
+
     @torch.no_grad()
-    def generate(
+    def generate_run(
         self,
         src_ids: Tensor,
         src_mask: Optional[Tensor] = None,
@@ -174,9 +181,9 @@ class Difformer(DiffusionModule):
         select: Optional[str] = None,
         clamp: Optional[bool] = None,
         seed: Optional[int] = None,
-        return_candidates: bool = False,
+        sampler: Optional[Sampler] = None,
         **sampler_overrides: Any,
-    ) -> Any:
+    ) -> SamplingRun:
         """Translate/summarise a batch of sources.
 
         Args:
@@ -184,13 +191,14 @@ class Difformer(DiffusionModule):
             src_mask: (B, S) True on real tokens (default: ``src_ids != pad_id``).
             length_beam, noise_beam, select, clamp: override the model's decoding settings.
             seed: seeds the noise (same seed, same output).
-            return_candidates: also return every candidate and its scores.
-            **sampler_overrides: e.g. ``num_steps=20``, ``early_stop=5``, ``eta=0``.
+            sampler: a built ``Sampler`` to run; or **sampler_overrides, e.g. ``num_steps=20``, ``early_stop=5``.
 
         Returns:
-            (B, L) long: BOS + the chosen candidate's non-special tokens + EOS, PAD after. With
-            ``return_candidates``: ``(ids, {"ids": (B, n, Lc), "mask", "logprob": (B, n), "chosen": (B,)})``.
+            a ``SamplingRun``: ids (B, L) long, BOS + the chosen candidate's non-special tokens + EOS, PAD after;
+            ``nfe`` = K x candidates network evaluations per source; ``extras["candidates"]``: every candidate and
+            its score, ``{"ids": (B, n, Lc), "mask", "logprob": (B, n), "chosen": (B,)}``.
         """
+        start_time = time.perf_counter()
         b1, b2 = length_beam or self.length_beam, noise_beam or self.noise_beam
         select = select or self.select
         if select not in SELECTIONS:
@@ -198,7 +206,7 @@ class Difformer(DiffusionModule):
         if select == "rerank" and self.reranker is None:
             raise ValueError("select='rerank' needs an autoregressive model: call set_reranker(model) first")
         with self.sampling():
-            net, dev = self.net, self.device
+            net, dev = self.network, self.device
             src_ids = src_ids.to(dev)
             src_mask = (src_ids != self.pad_id) if src_mask is None else src_mask.to(dev).bool()
             B, n = src_ids.shape[0], b1 * b2
@@ -210,7 +218,7 @@ class Difformer(DiffusionModule):
             L = int(lengths.max())
             cand_mask = torch.arange(L, device=dev) < lengths.unsqueeze(-1)
             memory_r, src_mask_r = memory.repeat_interleave(n, 0), src_mask.repeat_interleave(n, 0)
-            sampler = self.build_sampler(self_condition=net.self_condition, **sampler_overrides)
+            sampler = self.sampler_for(sampler, sampler_overrides)
             use_clamp = self.clamp if clamp is None else clamp
             gen = self.seeded_generator(seed, dev)
 
@@ -236,9 +244,8 @@ class Difformer(DiffusionModule):
                 chosen = best_by_score((r["logprob"] / r["tokens"].clamp_min(1)).view(B, n))
             picked = [rows[i * n + int(c)] for i, c in enumerate(chosen.tolist())]
             ids, _ = self._frame(picked)
-            self.last_sample_stats = {"nfe": out.nfe, "candidates": n, "length_beam": b1, "noise_beam": b2,
-                                      "select": select}
-        if not return_candidates:
-            return ids
-        return ids, {"ids": cand_ids.view(B, n, -1), "mask": cand_m.view(B, n, -1), "logprob": scores,
-                     "chosen": chosen}
+        candidates = {"ids": cand_ids.view(B, n, -1), "mask": cand_m.view(B, n, -1), "logprob": scores,
+                      "chosen": chosen}
+        return SamplingRun(ids, sampler, nfe=out.row_evals / B, seconds=time.perf_counter() - start_time,
+                           details={"candidates": n, "length_beam": b1, "noise_beam": b2, "select": select},
+                           output=out, extras={"candidates": candidates})

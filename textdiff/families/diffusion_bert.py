@@ -5,7 +5,7 @@ Absorbing-state ([MASK]) diffusion with a BERT masked-LM as the denoiser. The pr
 schedule, losses, reverse step and bound are ``textdiff.core.AbsorbingProcess``; this module adds
 what is BERT-specific:
 
-- the backbone (``TimeConditionedBert``: time-agnostic, a time token, or layer-wise time embeddings);
+- the network (``TimeConditionedBert``: time-agnostic, a time token, or layer-wise time embeddings);
 - corpus statistics from the training split: the spindle's token weights f = log(1 + count) / max
   (cached to disk) and the length histogram used to draw sample lengths;
 - the frame: PAD (and, with ``keep_special``, BOS/[CLS] and EOS/[SEP]) is never masked, as the
@@ -29,6 +29,7 @@ the alternatives are named options:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -37,9 +38,11 @@ from torch import Tensor
 
 from textdiff.core.absorbing import AbsorbingProcess
 from textdiff.core.hooks import LogitFilter
+from textdiff.core.sampler import Sampler
 from textdiff.core.types import Batch
 from textdiff.data.word_freq import cached_token_counts, length_counts, spindle_weights
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
+from textdiff.families.interface import SamplingRun
 from textdiff.nn.bert import TimeConditionedBert
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ class DiffusionBERT(DiffusionModule):
     """DiffusionBERT.
 
     Args:
-        backbone: a ``TimeConditionedBert`` over ``BertForMaskedLM`` (pretrained by name/path or built
+        network: a ``TimeConditionedBert`` over ``BertForMaskedLM`` (pretrained by name/path or built
             from a config).
         process: an ``AbsorbingProcess`` whose ``mask_id`` is the tokenizer's [MASK], normally over
             ``SpindleSchedule(discretize(MutualSchedule(), 2048, max_beta=1))``.
@@ -65,7 +68,7 @@ class DiffusionBERT(DiffusionModule):
             temperature 0.1 and top-k 30).
         filter_on: where they act: "posterior" (official: the joint reveal posterior) or "x0".
         reuse_cache: at sampling, reuse the network output when no token changed since the last call;
-            applied only to the time-agnostic backbone, where it is exact.
+            applied only to the time-agnostic network, where it is exact.
         word_freq_cache: file for the token counts (default: ``word_freq.pt`` beside the datamodule's
             tokenizer directory, when it has one).
         nll_steps: K of the K-step chain whose bound ``nll_bound`` reports (default: T / nll_step_size).
@@ -74,9 +77,11 @@ class DiffusionBERT(DiffusionModule):
         sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay: see ``DiffusionModule``.
     """
 
+    renamed_weights = {"backbone.": "network."}  # checkpoints saved before the network was called `network`
+
     def __init__(
         self,
-        backbone: TimeConditionedBert,
+        network: TimeConditionedBert,
         process: AbsorbingProcess,
         pad_id: int,
         bos_id: Optional[int] = None,
@@ -103,9 +108,9 @@ class DiffusionBERT(DiffusionModule):
         super().__init__(process, sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay)
         if not isinstance(process, AbsorbingProcess):
             raise TypeError(f"DiffusionBERT needs an AbsorbingProcess, got {type(process).__name__}")
-        if process.mask_id is None or not 0 <= process.mask_id < backbone.vocab_size:
-            raise ValueError(f"process.mask_id={process.mask_id} is not a token of the backbone's "
-                             f"{backbone.vocab_size}-token vocabulary (does the tokenizer have a [MASK]?)")
+        if process.mask_id is None or not 0 <= process.mask_id < network.vocab_size:
+            raise ValueError(f"process.mask_id={process.mask_id} is not a token of the network's "
+                             f"{network.vocab_size}-token vocabulary (does the tokenizer have a [MASK]?)")
         if t_sharing not in ("example", "batch"):
             raise ValueError(f"t_sharing must be 'example' or 'batch', got {t_sharing!r}")
         if length_mode not in ("sample", "fixed"):
@@ -116,14 +121,13 @@ class DiffusionBERT(DiffusionModule):
             raise ValueError(f"nll_step_size must be >= 1, got {nll_step_size}")
         if keep_special and (bos_id is None or eos_id is None):
             raise ValueError("keep_special=True needs bos_id and eos_id")
-        self.backbone = backbone
+        self.network = network
         self.pad_id, self.bos_id, self.eos_id = int(pad_id), bos_id, eos_id
-        self.max_len = int(max_len or backbone.max_len)
-        if self.max_len > backbone.max_len:
-            raise ValueError(f"max_len={self.max_len} exceeds the backbone's {backbone.max_len} positions")
+        self.max_len = int(max_len or network.max_len)
+        if self.max_len > network.max_len:
+            raise ValueError(f"max_len={self.max_len} exceeds the network's {network.max_len} positions")
         self.keep_special, self.t_sharing, self.length_mode = bool(keep_special), t_sharing, length_mode
         self.temperature, self.top_k, self.top_p, self.filter_on = float(temperature), top_k, top_p, filter_on
-        self.last_sample_stats: dict[str, Any] = {}  # what the last generate reported (network calls, filter)
         self.reuse_cache, self.word_freq_cache, self.nll_steps = bool(reuse_cache), word_freq_cache, nll_steps
         self.nll_step_size = int(nll_step_size)
         self.register_buffer("length_counts", torch.zeros(0, dtype=torch.long))
@@ -140,7 +144,7 @@ class DiffusionBERT(DiffusionModule):
         """Token weights (spindle) and the length histogram from training sequences (lists of ids,
         framed as the model sees them)."""
         if self.spindle:
-            counts = cached_token_counts(seqs, self.backbone.vocab_size, cache or self.word_freq_cache)
+            counts = cached_token_counts(seqs, self.network.vocab_size, cache or self.word_freq_cache)
             self.process.schedule.set_token_weight(spindle_weights(counts, zero_ids=[self.pad_id]).to(self.device))
         self.length_counts = length_counts(seqs, self.max_len, self.pad_id).to(self.device)
 
@@ -179,7 +183,7 @@ class DiffusionBERT(DiffusionModule):
 
     def denoise(self, xt: Tensor, t: Tensor) -> Tensor:
         """Logits (B, L, V) of x0 for x_t (B, L) at t (B,); PAD positions are not attended."""
-        return self.backbone(xt, t, attention_mask=xt != self.pad_id)
+        return self.network(xt, t, attention_mask=xt != self.pad_id)
 
     def sample_t(self, n: int) -> Tensor:
         if self.t_sharing == "batch":
@@ -220,8 +224,14 @@ class DiffusionBERT(DiffusionModule):
         drawn = torch.multinomial(hist.cpu(), n, replacement=True, generator=generator)
         return drawn.clamp_min(3 if self.keep_special else 1).to(self.device)
 
+    def build_sampler(self, **overrides: Any) -> Sampler:
+        """The configured sampler; a time-agnostic network reuses unchanged sequences' outputs when
+        ``reuse_cache`` is on (``Sampler.reuse_unchanged``) unless ``overrides`` say otherwise."""
+        overrides.setdefault("reuse_unchanged", self.reuse_cache and self.network.time_mode == "none")
+        return super().build_sampler(**overrides)
+
     @torch.no_grad()
-    def generate(
+    def generate_run(
         self,
         num_samples: int,
         seq_len: Optional[int] = None,
@@ -235,9 +245,9 @@ class DiffusionBERT(DiffusionModule):
         filter_on: Optional[str] = None,
         hooks: Sequence[Any] = (),
         step_hooks: Sequence[Any] = (),
-        return_output: bool = False,
+        sampler: Optional[Sampler] = None,
         **sampler_overrides: Any,
-    ) -> Any:
+    ) -> SamplingRun:
         """Sample token ids by unmasking from all [MASK].
 
         Args:
@@ -245,18 +255,20 @@ class DiffusionBERT(DiffusionModule):
                 (default: drawn as ``length_mode`` says).
             seed: seeds the sampler's generator (same seed, same samples).
             temperature, top_k, top_p, filter_on: override the model's sampling-filter defaults.
-            hooks, step_hooks: extra sampler hooks; return_output: also return the last ``SampleOutput``.
-            **sampler_overrides: e.g. ``num_steps=64``, ``eta=0``, ``reuse_unchanged=False``.
+            hooks, step_hooks: extra sampler hooks.
+            sampler: a built ``Sampler`` to run; or **sampler_overrides, e.g. ``num_steps=64``, ``eta=0``,
+                ``reuse_unchanged=False``.
 
-        Returns: (N, L) long ids (no [MASK] left), or ``(ids, output)``.
+        Returns: a ``SamplingRun``: ids (N, L) long (no [MASK] left); ``nfe``, network evaluations per sequence
+        (K without the cache); ``output``, the last batch's ``SampleOutput``.
         """
+        start_time = time.perf_counter()
         with self.sampling():
             L = int(seq_len or self.max_len)
             gen = self.seeded_generator(seed, "cpu")  # the lengths are drawn on the CPU
             if lengths is None:
                 lengths = self.draw_lengths(num_samples, L, gen)
-            sampler_overrides.setdefault("reuse_unchanged", self.reuse_cache and self.backbone.time_mode == "none")
-            sampler = self.build_sampler(**sampler_overrides)
+            sampler = self.sampler_for(sampler, sampler_overrides)
             where = filter_on or self.filter_on
             if where not in FILTER_TARGETS:
                 raise ValueError(f"filter_on must be one of {FILTER_TARGETS}, got {where!r}")
@@ -267,19 +279,16 @@ class DiffusionBERT(DiffusionModule):
             x0_hooks = [frame, filt] if where == "x0" else [frame]
             posterior = filt if where == "posterior" and not filt.is_identity else None
             dev_gen = gen if self.device.type == "cpu" else self.seeded_generator(seed)
-            chunks, out, nfe = [], None, []
+            chunks, out, row_evals = [], None, 0
             for start, n in self.batches(num_samples, batch_size):
                 init = self.initial_state(lengths[start:start + n].to(self.device), L)
                 out = sampler.sample(lambda x, t, sc: self.denoise(x, t), tuple(init.shape), x_init=init,
                                      generator=dev_gen, device=self.device, hooks=[*x0_hooks, *hooks],
                                      step_hooks=step_hooks, posterior_filter=posterior)
                 chunks.append(out.x)
-                nfe.append(out.row_evals / init.shape[0])
-        # network evaluations per sequence (K without the cache)
-        self.last_sample_stats = {"reuse_unchanged": sampler.reuse_unchanged, "nfe_per_sequence": sum(nfe) / len(nfe),
-                                  "filter_on": where}
-        ids = torch.cat(chunks)
-        return (ids, out) if return_output else ids
+                row_evals += out.row_evals
+        return SamplingRun(torch.cat(chunks), sampler, nfe=row_evals / max(num_samples, 1),
+                           seconds=time.perf_counter() - start_time, details={"filter_on": where}, output=out)
 
     # ----- likelihood -----
     def bound_steps(self) -> int:

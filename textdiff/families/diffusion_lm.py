@@ -15,6 +15,7 @@ official ``text_sample.py``).
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Sequence
 
 import torch
@@ -24,8 +25,10 @@ from torch import Tensor, nn
 from textdiff.core.gaussian import GaussianProcess, gaussian_nll, masked_mean, masked_sum
 from textdiff.core.control import Infill
 from textdiff.core.hooks import ClampToEmbeddings
+from textdiff.core.sampler import Sampler
 from textdiff.core.types import Batch
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
+from textdiff.families.interface import SamplingRun
 from textdiff.nn.transformer import TransformerDenoiser
 
 
@@ -33,8 +36,8 @@ class DiffusionLM(DiffusionModule):
     """Diffusion-LM.
 
     Args:
-        denoiser: a ``TransformerDenoiser`` with ``in_dim == embed_dim`` (called as
-            ``denoiser(x_t, time_input, mask=...)``).
+        network: a ``TransformerDenoiser`` with ``in_dim == embed_dim`` (called as
+            ``network(x_t, time_input, mask=...)``).
         process: a ``GaussianProcess``, normally ``GaussianProcess(DiscreteSchedule(SqrtSchedule(), 2000))``
             with ``prediction="x0"``.
         vocab_size: number of tokens V.
@@ -46,9 +49,11 @@ class DiffusionLM(DiffusionModule):
         sampler, optimizer, lr_scheduler, time_sampling, time_eps, ema_decay: see ``DiffusionModule``.
     """
 
+    renamed_weights = {"denoiser.": "network."}  # checkpoints saved before the network was called `network`
+
     def __init__(
         self,
-        denoiser: TransformerDenoiser,
+        network: TransformerDenoiser,
         process: GaussianProcess,
         vocab_size: int,
         embed_dim: int = 16,
@@ -69,10 +74,10 @@ class DiffusionLM(DiffusionModule):
             raise TypeError(f"DiffusionLM needs a GaussianProcess, got {type(process).__name__}")
         if process.prediction not in ("x0", "eps"):
             raise ValueError(f"DiffusionLM supports prediction 'x0' (official) or 'eps', got {process.prediction!r}")
-        in_dim = getattr(denoiser, "in_dim", embed_dim)
+        in_dim = getattr(network, "in_dim", embed_dim)
         if in_dim != embed_dim:
-            raise ValueError(f"denoiser.in_dim ({in_dim}) must equal embed_dim ({embed_dim})")
-        self.denoiser = denoiser
+            raise ValueError(f"network.in_dim ({in_dim}) must equal embed_dim ({embed_dim})")
+        self.network = network
         self.vocab_size, self.embed_dim = int(vocab_size), int(embed_dim)
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         nn.init.normal_(self.embedding.weight, std=emb_init_std)
@@ -100,7 +105,7 @@ class DiffusionLM(DiffusionModule):
 
     def denoise(self, xt: Tensor, t: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Network output for x_t (B, L, d) at t (B,)."""
-        return self.denoiser(xt, self.time_input(t), mask=mask)
+        return self.network(xt, self.time_input(t), mask=mask)
 
     # ----- training -----
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
@@ -132,7 +137,7 @@ class DiffusionLM(DiffusionModule):
                                  t_max=self.clamp_t_max if t_max is None else t_max)
 
     @torch.no_grad()
-    def generate(
+    def generate_run(
         self,
         num_samples: int,
         seq_len: Optional[int] = None,
@@ -143,33 +148,33 @@ class DiffusionLM(DiffusionModule):
         hooks: Sequence[Any] = (),
         step_hooks: Sequence[Any] = (),
         x_init: Optional[Tensor] = None,
-        return_output: bool = False,
+        sampler: Optional[Sampler] = None,
         **sampler_overrides: Any,
-    ) -> Any:
+    ) -> SamplingRun:
         """Sample token ids.
 
         Args:
             num_samples: number of sequences N.
-            seq_len: length L (default: the denoiser's ``max_len``; the official E2E setting is 64).
+            seq_len: length L (default: the network's ``max_len``; the official E2E setting is 64).
             clamp: override the clamping trick on/off for this call.
             seed: seeds the sampler's generator (same seed, same samples).
             batch_size: sequences per sampler call.
             hooks, step_hooks: extra sampler hooks (e.g. infilling, guidance).
             x_init: a starting state (N, L, d) instead of a prior draw.
-            return_output: also return the last ``SampleOutput`` (for trajectories and NFE counts).
-            **sampler_overrides: e.g. ``num_steps=2000``, ``eta=1.0``.
+            sampler: a built ``Sampler`` to run; or **sampler_overrides, e.g. ``num_steps=2000``, ``eta=1.0``.
 
         Returns:
-            (N, L) long token ids (argmax of the rounding head on the final state), or
-            ``(ids, output)`` with ``return_output``.
+            a ``SamplingRun``: ids (N, L) long (argmax of the rounding head on the final state); ``output``, the
+            last batch's ``SampleOutput`` (trajectories, x0).
         """
+        start_time = time.perf_counter()
         with self.sampling():
-            seq_len = seq_len or self.denoiser.max_len
-            sampler = self.build_sampler(**sampler_overrides)
+            seq_len = seq_len or self.network.max_len
+            sampler = self.sampler_for(sampler, sampler_overrides)
             use_clamp = self.clamp if clamp is None else clamp
             all_hooks = ([self.clamp_hook()] if use_clamp else []) + list(hooks)
             gen = self.seeded_generator(seed)
-            chunks, out = [], None
+            chunks, out, nfe = [], None, 0
             for start, n in self.batches(num_samples, batch_size):
                 init = x_init[start:start + n] if x_init is not None else None
                 out = sampler.sample(lambda x, t, sc: self.denoise(x, t), (n, seq_len, self.embed_dim),
@@ -177,8 +182,9 @@ class DiffusionLM(DiffusionModule):
                                      step_hooks=step_hooks)
                 final = out.x if sampler.early_stop == 0 else out.x0
                 chunks.append(self.logits(final).argmax(-1))
-        ids = torch.cat(chunks)
-        return (ids, out) if return_output else ids
+                nfe += out.row_evals
+        return SamplingRun(torch.cat(chunks), sampler, nfe=nfe / max(num_samples, 1),
+                           seconds=time.perf_counter() - start_time, details={"clamp": use_clamp}, output=out)
 
     @torch.no_grad()
     def infill(self, context_ids: Tensor, fill: Tensor, *, noise_context: bool = False, seed: Optional[int] = None,

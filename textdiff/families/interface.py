@@ -4,49 +4,79 @@ time) instead of probing names with ``hasattr``. A family offers a capability by
 this signature; nothing needs registering.
 
 Every ``TextModule`` has ``compute_loss``, ``sampling()``, ``load_weights`` and the ``conditional`` flag
-(``families/base.py``); every ``DiffusionModule`` also has ``build_sampler`` and ``generate``.
+(``families/base.py``); every ``DiffusionModule`` also has ``build_sampler``, ``generate_run`` (-> ``SamplingRun``)
+and ``generate`` (its ids).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from torch import Tensor
 
-from textdiff.core.sampler import Sampler
+from textdiff.core.absorbing import AbsorbingProcess
+from textdiff.core.sampler import SampleOutput, Sampler
 from textdiff.core.types import Batch
+
+
+@dataclass
+class SamplingRun:
+    """What one ``generate_run`` call made and how.
+
+    Attributes:
+        ids: (N, L) long token ids (BOS/EOS/PAD as the family frames its outputs).
+        sampler: the ``Sampler`` that ran (its settings: ``num_steps``, ``eta``, ``spacing``, ...); None for the
+            autoregressive baseline.
+        nfe: network evaluations per generated sequence (K for a plain K-step run; fewer with the absorbing
+            cache; twice K under classifier-free guidance; the decoding steps of the AR baseline).
+        seconds: wall-clock seconds of the call.
+        labels: the class id asked of each row (class-conditional sampling), else None.
+        details: the family's other settings of this call, JSON-ready (candidates, guidance weight, ...).
+        output: the last batch's ``SampleOutput`` (final state, x0 estimate, trajectory), None without one.
+        extras: tensors beside the ids (Difformer: "candidates"; LD4LG: "latents" (N, n, d)).
+    """
+
+    ids: Tensor
+    sampler: Optional[Sampler] = None
+    nfe: Optional[float] = None
+    seconds: float = 0.0
+    labels: Optional[list[int]] = None
+    details: dict[str, Any] = field(default_factory=dict)
+    output: Optional[SampleOutput] = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """``metrics.json``'s ``sampler`` entry: the sampler's settings, the network evaluations per sequence and
+        the family's details ({} details and no settings for a model without a sampler)."""
+        s = self.sampler
+        settings = {} if s is None else {"num_steps": s.num_steps, "eta": s.eta, "spacing": s.spacing,
+                                         "variance": s.variance, "early_stop": s.early_stop}
+        if s is not None and isinstance(s.process, AbsorbingProcess):
+            settings["reuse_unchanged"] = s.reuse_unchanged
+        return {**settings, **({"nfe_per_sequence": round(self.nfe, 3)} if self.nfe is not None else {}),
+                **self.details}
 
 
 @runtime_checkable
 class Generates(Protocol):
-    """Draws token ids: ``generate(num_samples, ...) -> (N, L)`` (unconditional) or
-    ``generate(src_ids (B, S), src_mask (B, S), ...) -> (B, L)`` when ``conditional`` is True."""
+    """Draws token ids: ``generate_run(num_samples, ...) -> SamplingRun`` of (N, L) ids (unconditional) or
+    ``generate_run(src_ids (B, S), src_mask (B, S), ...)`` of (B, L) ids when ``conditional`` is True;
+    ``generate(...)`` returns the run's ids only."""
 
     conditional: bool
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+    def generate_run(self, *args: Any, **kwargs: Any) -> SamplingRun: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Tensor: ...
 
 
 @runtime_checkable
 class BuildsSampler(Protocol):
-    """A diffusion model: its configured ``Sampler`` with overrides (e.g. ``num_steps=2000``)."""
+    """A diffusion model: its configured ``Sampler`` with overrides (e.g. ``num_steps=2000``), which
+    ``generate_run(..., sampler=...)`` takes."""
 
     def build_sampler(self, **overrides: Any) -> Sampler: ...
-
-
-@runtime_checkable
-class ReportsSampling(Protocol):
-    """After ``generate``, what the run used beyond the sampler's settings (network evaluations per sequence,
-    candidates, guidance weight, ...): written under ``sampler`` in ``metrics.json``."""
-
-    last_sample_stats: dict[str, Any]
-
-
-@runtime_checkable
-class LabelsSamples(Protocol):
-    """A class-conditional sampler: the class id asked of each row of the last ``generate`` (None before)."""
-
-    last_labels: Optional[list[int]]
 
 
 @runtime_checkable

@@ -30,10 +30,11 @@ from torch import Tensor
 from textdiff.core.gaussian import GaussianProcess, masked_mean
 from textdiff.core.guidance import ClassifierFreeGuidance
 from textdiff.core.hooks import L2Renormalize
-from textdiff.core.types import Batch
-from textdiff.core.types import pad_sequences
+from textdiff.core.sampler import SampleOutput, Sampler
+from textdiff.core.types import Batch, pad_sequences
 from textdiff.data.samplers import process_position
 from textdiff.families.base import DiffusionModule, OptimizerFactory, SamplerFactory, SchedulerFactory
+from textdiff.families.interface import SamplingRun
 from textdiff.families.ld4lg_autoencoder import OFFICIAL_GENERATE, BartDenoiser, LatentAutoencoder
 from textdiff.nn.ld4lg import LatentDenoiser
 
@@ -57,7 +58,7 @@ class LD4LG(DiffusionModule):
         autoencoder: a ``LatentAutoencoder`` or the path of its checkpoint; ``autoencoder_path`` is the same,
             for configs (give one of the two). Frozen here.
         vocab_size: the data tokenizer's V, checked against the autoencoder's BART (None = unchecked).
-        denoiser: a ``LatentDenoiser`` (its latent_dim and max_len must fit the autoencoder's latents;
+        network: a ``LatentDenoiser`` (its latent_dim and max_len must fit the autoencoder's latents;
             ``num_classes`` > 0 for class-conditional generation; ``context_dim`` = BART's d_model for seq2seq).
         process: a continuous-time ``GaussianProcess``, normally the cos^2 schedule with ``prediction="v"``.
         sampler: the sampler factory (DDPM 250 steps with the "large" variance in the official code).
@@ -86,6 +87,8 @@ class LD4LG(DiffusionModule):
         optimizer, lr_scheduler, time_sampling, time_eps, ema_decay: see ``DiffusionModule``.
     """
 
+    renamed_weights = {"denoiser.": "network."}  # checkpoints saved before the network was called `network`
+
     # Official (justinlovelace/latent-diffusion-for-language, diffusion/optimizer.py,
     # separate_weight_decayable_params, used by get_adamw_optimizer in diffusion/text_denoising_diffusion.py
     # and latent_models/latent_finetuning.py): no weight decay for params with ndim < 2 (biases, LayerNorm
@@ -94,12 +97,12 @@ class LD4LG(DiffusionModule):
     # ``null_embedding_seq2seq`` an Embedding(1, dim), the null class a row of the class Embedding
     # (model/diffusion_transformer.py). Ours has null_context (1, dim) and the class table 2-D as well, but
     # null_self_cond is (latent_dim,): named here so it is decayed as in the official code.
-    decay_despite_ndim = ("denoiser.null_self_cond",)
+    decay_despite_ndim = ("network.null_self_cond",)
     # the null self-conditioning vector takes no part in a self-conditioned step's loss; the official trainer
     # also runs DDP with find_unused_parameters=True
     ddp_find_unused_parameters = True
 
-    def __init__(self, denoiser: LatentDenoiser, process: GaussianProcess,
+    def __init__(self, network: LatentDenoiser, process: GaussianProcess,
                  autoencoder: Union[LatentAutoencoder, str, None] = None, autoencoder_path: Optional[str] = None,
                  vocab_size: Optional[int] = None,
                  sampler: Optional[SamplerFactory] = None, self_condition_prob: float = 0.5,
@@ -139,19 +142,19 @@ class LD4LG(DiffusionModule):
                 "official trainer refuses this combination (`assert not args.normalize_latent`); set "
                 "model.normalize_latents=false (the default). Runs trained with both before this check cannot be "
                 "rebuilt with this class.")
-        if denoiser.latent_dim != ae.latent_dim or denoiser.max_len < ae.num_latents:
-            raise ValueError(f"denoiser (latent_dim={denoiser.latent_dim}, max_len={denoiser.max_len}) does not fit "
+        if network.latent_dim != ae.latent_dim or network.max_len < ae.num_latents:
+            raise ValueError(f"network (latent_dim={network.latent_dim}, max_len={network.max_len}) does not fit "
                              f"the autoencoder's {ae.num_latents} x {ae.latent_dim} latents")
         d_model = ae.bart.config.d_model
-        if seq2seq and denoiser.context_dim != d_model:
-            raise ValueError(f"seq2seq needs denoiser.context_dim = BART's d_model ({d_model}), "
-                             f"got {denoiser.context_dim}")
-        if not seq2seq and denoiser.context_dim is not None:
-            raise ValueError("the denoiser has a context (cross-attention) but seq2seq is false")
-        self.denoiser = denoiser
+        if seq2seq and network.context_dim != d_model:
+            raise ValueError(f"seq2seq needs network.context_dim = BART's d_model ({d_model}), "
+                             f"got {network.context_dim}")
+        if not seq2seq and network.context_dim is not None:
+            raise ValueError("the network has a context (cross-attention) but seq2seq is false")
+        self.network = network
         self.conditional = bool(seq2seq)
-        self.num_classes = int(denoiser.num_classes)
-        self.self_condition_prob = float(self_condition_prob) if denoiser.self_condition else 0.0
+        self.num_classes = int(network.num_classes)
+        self.self_condition_prob = float(self_condition_prob) if network.self_condition else 0.0
         self.class_dropout, self.context_dropout = float(class_dropout), float(context_dropout)
         self.guidance_weight, self.normalize_latents, self.loss_type = (float(guidance_weight), normalize_latents,
                                                                         loss_type)
@@ -160,8 +163,6 @@ class LD4LG(DiffusionModule):
         self.register_buffer("latent_mean", torch.zeros(ae.latent_dim))
         self.register_buffer("latent_scale", torch.ones(()))
         self.register_buffer("latent_stats_set", torch.zeros((), dtype=torch.bool))
-        self.last_labels: Optional[list[int]] = None
-        self.last_sample_stats: dict[str, Any] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -235,13 +236,13 @@ class LD4LG(DiffusionModule):
     def net(self, x: Tensor, t: Tensor, self_cond: Optional[Tensor] = None, class_ids: Optional[Tensor] = None,
             context: Optional[Tensor] = None, context_mask: Optional[Tensor] = None,
             drop_context: Optional[Tensor] = None) -> Tensor:
-        """The denoiser's output (v for v-prediction) for x_t (B, N, d) at t (B,)."""
-        return self.denoiser(x, self.time_input(t), self_cond=self_cond, class_ids=class_ids, context=context,
+        """The network's output (v for v-prediction) for x_t (B, N, d) at t (B,)."""
+        return self.network(x, self.time_input(t), self_cond=self_cond, class_ids=class_ids, context=context,
                              context_mask=context_mask, drop_context=drop_context)
 
     def build_sampler(self, **overrides: Any) -> Any:
-        """The configured sampler; it self-conditions whenever the denoiser takes a self-conditioning input."""
-        return super().build_sampler(**{"self_condition": self.denoiser.self_condition, **overrides})
+        """The configured sampler; it self-conditions whenever the network takes a self-conditioning input."""
+        return super().build_sampler(**{"self_condition": self.network.self_condition, **overrides})
 
     def _null_class(self, n: int) -> Tensor:
         return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
@@ -257,7 +258,7 @@ class LD4LG(DiffusionModule):
         kw: dict[str, Any] = {}
         if self.num_classes:
             if "labels" not in batch:
-                raise ValueError("this LD4LG is class-conditional (denoiser.num_classes > 0) but the batch has no "
+                raise ValueError("this LD4LG is class-conditional (network.num_classes > 0) but the batch has no "
                                  "labels: set data.label_field (and data.label_slot for E2E)")
             drop = torch.rand(B, device=self.device) < self.class_dropout  # classifier-free guidance training
             kw["class_ids"] = torch.where(drop, self._null_class(B), batch["labels"])
@@ -281,8 +282,9 @@ class LD4LG(DiffusionModule):
     # ----- sampling -----
     def _sample_latents(self, n: int, generator: Optional[torch.Generator], sampler: Any, weight: float,
                         class_ids: Optional[Tensor] = None, context: Optional[Tensor] = None,
-                        context_mask: Optional[Tensor] = None) -> tuple[Tensor, int]:
-        """Run the sampler for n latents with guidance weight w; returns (x0 (n, N, d) normalised, nfe)."""
+                        context_mask: Optional[Tensor] = None) -> tuple[SampleOutput, int]:
+        """Run the sampler for n latents with guidance weight w; returns (its output, whose ``x0`` (n, N, d) is the
+        normalised latents, and the network calls of the guided denoiser)."""
         def cond(x: Tensor, t: Tensor, sc: Optional[Tensor]) -> Tensor:
             return self.net(x, t, sc, class_ids=class_ids, context=context, context_mask=context_mask)
 
@@ -297,78 +299,80 @@ class LD4LG(DiffusionModule):
         hooks = [L2Renormalize()] if self.renormalizes_when_sampling() else []
         out = sampler.sample(guided, (n, self.autoencoder.num_latents, self.autoencoder.latent_dim),
                              generator=generator, device=self.device, hooks=hooks)
-        return out.x0, guided.nfe  # the official sampler returns x0_hat at the last step
+        return out, guided.nfe  # the official sampler returns x0_hat at the last step
+
+    def generate_run(self, *args: Any, **kwargs: Any) -> SamplingRun:
+        """Unconditional / class-conditional: ``generate_run(num_samples, seq_len=None, *, labels=None, ...)``;
+        seq2seq: ``generate_run(src_ids, src_mask, ...)``. See ``sample_run`` and ``seq2seq_run``."""
+        return self.seq2seq_run(*args, **kwargs) if self.conditional else self.sample_run(*args, **kwargs)
 
     @torch.no_grad()
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """Unconditional / class-conditional: ``generate(num_samples, seq_len=None, *, labels=None, ...)``;
-        seq2seq: ``generate(src_ids, src_mask, ...)``. See ``sample`` and ``generate_from``."""
-        return self.generate_from(*args, **kwargs) if self.conditional else self.sample(*args, **kwargs)
-
-    @torch.no_grad()
-    def sample(self, num_samples: int, seq_len: Optional[int] = None, *,
-               labels: Union[Tensor, Sequence[int], None] = None,
-               guidance_weight: Optional[float] = None, seed: Optional[int] = None, batch_size: int = 64,
-               return_latents: bool = False, decode: Optional[dict[str, Any]] = None,
-               **sampler_overrides: Any) -> Any:
+    def sample_run(self, num_samples: int, seq_len: Optional[int] = None, *,
+                   labels: Union[Tensor, Sequence[int], None] = None,
+                   guidance_weight: Optional[float] = None, seed: Optional[int] = None, batch_size: int = 64,
+                   decode: Optional[dict[str, Any]] = None, sampler: Optional[Sampler] = None,
+                   **sampler_overrides: Any) -> SamplingRun:
         """Sample texts (as token ids).
 
         Args:
             num_samples: N.
             seq_len: ignored (the latents are fixed-size; BART's EOS decides the length); the decoded
                 length is capped by ``decode["max_length"]``.
-            labels: class-conditional models: N class ids (default: 0, 1, ..., C-1, 0, ... — balanced);
-                kept in ``last_labels``.
+            labels: class-conditional models: N class ids (default: 0, 1, ..., C-1, 0, ... — balanced).
             guidance_weight: w for this call (default: the configured ``guidance_weight``).
             seed: seeds the sampler's generator.
             batch_size: latents per sampler call.
-            return_latents: also return the final (unnormalised) latents (N, num_latents, latent_dim).
             decode: overrides of BART's ``generate`` settings.
-            **sampler_overrides: e.g. ``num_steps=250``, ``eta=1.0``, ``variance="large"``.
+            sampler: a built ``Sampler`` to run; or **sampler_overrides, e.g. ``num_steps=250``, ``variance="large"``.
 
         Returns:
-            (N, L') token ids ``BOS w EOS PAD...``, or (ids, latents).
+            a ``SamplingRun``: ids (N, L') ``BOS w EOS PAD...``; ``labels``, the class asked of each row
+            (class-conditional models); ``extras["latents"]``, the final unnormalised latents (N, num_latents,
+            latent_dim); ``nfe``, network calls per sequence (2 K under guidance).
         """
+        start_time = time.perf_counter()
         with self.sampling():
-            sampler = self.build_sampler(**sampler_overrides)
+            sampler = self.sampler_for(sampler, sampler_overrides)
             w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
+            lab = None
             if self.num_classes:
                 if labels is None:  # balanced: 0, 1, ..., C-1, 0, ...
                     labels = torch.arange(num_samples) % self.num_classes
                 lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
                 if lab.shape != (num_samples,) or lab.min() < 0 or lab.max() >= self.num_classes:
                     raise ValueError(f"labels must be {num_samples} class ids in [0, {self.num_classes})")
-                self.last_labels = lab.tolist()
             elif labels is not None:
-                raise ValueError("labels were given but this LD4LG is not class-conditional (denoiser.num_classes = 0)")
+                raise ValueError("labels were given but this LD4LG is not class-conditional (network.num_classes = 0)")
             gen = self.seeded_generator(seed)
-            rows, lats, nfe = [], [], 0
-            start = time.perf_counter()
+            rows, lats, nfe, out = [], [], 0, None
             for s, n in self.batches(num_samples, batch_size):
-                cls = lab[s:s + n] if self.num_classes else None
-                x0, k = self._sample_latents(n, gen, sampler, w, class_ids=cls)
-                z = self.unnormalize(x0)
+                cls = lab[s:s + n] if lab is not None else None
+                out, k = self._sample_latents(n, gen, sampler, w, class_ids=cls)
+                z = self.unnormalize(out.x0)
                 rows.append(self.autoencoder.decode(z, **{**self.generate_kwargs, **dict(decode or {})}))
                 lats.append(z)
-                nfe += k
-            self.last_sample_stats = {"nfe_per_batch": nfe / max(len(rows), 1), "guidance_weight": w,
-                                      "seconds": round(time.perf_counter() - start, 3)}
+                nfe += k * n
         ids = _pad_rows(rows, self.autoencoder.pad_id).to(self.device)
-        return (ids, torch.cat(lats)) if return_latents else ids
+        return SamplingRun(ids, sampler, nfe=nfe / max(num_samples, 1), seconds=time.perf_counter() - start_time,
+                           labels=None if lab is None else lab.tolist(), details={"guidance_weight": w},
+                           output=out, extras={"latents": torch.cat(lats)})
 
     @torch.no_grad()
-    def generate_from(self, src_ids: Tensor, src_mask: Tensor, *, guidance_weight: Optional[float] = None,
-                      seed: Optional[int] = None, decode: Optional[dict[str, Any]] = None,
-                      **sampler_overrides: Any) -> Tensor:
-        """Seq2seq: one output per source (B, S) with mask (B, S): (B, L') ids ``BOS w EOS PAD...``."""
+    def seq2seq_run(self, src_ids: Tensor, src_mask: Tensor, *, guidance_weight: Optional[float] = None,
+                    seed: Optional[int] = None, decode: Optional[dict[str, Any]] = None,
+                    sampler: Optional[Sampler] = None, **sampler_overrides: Any) -> SamplingRun:
+        """Seq2seq: one output per source (B, S) with mask (B, S): a ``SamplingRun`` of (B, L') ids
+        ``BOS w EOS PAD...``. Arguments as ``sample_run``."""
         if not self.conditional:
-            raise ValueError("generate_from needs a seq2seq LD4LG (seq2seq=true)")
+            raise ValueError("seq2seq_run needs a seq2seq LD4LG (seq2seq=true)")
+        start_time = time.perf_counter()
         with self.sampling():
-            sampler = self.build_sampler(**sampler_overrides)
+            sampler = self.sampler_for(sampler, sampler_overrides)
             w = self.guidance_weight if guidance_weight is None else float(guidance_weight)
             gen = self.seeded_generator(seed)
             ctx = self.context(src_ids, src_mask)
-            x0, nfe = self._sample_latents(src_ids.shape[0], gen, sampler, w, context=ctx, context_mask=src_mask)
-            ids = self.autoencoder.decode(self.unnormalize(x0), **{**self.generate_kwargs, **dict(decode or {})})
-            self.last_sample_stats = {"nfe_per_batch": nfe, "guidance_weight": w}
-        return ids
+            out, nfe = self._sample_latents(src_ids.shape[0], gen, sampler, w, context=ctx, context_mask=src_mask)
+            z = self.unnormalize(out.x0)
+            ids = self.autoencoder.decode(z, **{**self.generate_kwargs, **dict(decode or {})})
+        return SamplingRun(ids, sampler, nfe=float(nfe), seconds=time.perf_counter() - start_time,
+                           details={"guidance_weight": w}, output=out, extras={"latents": z})

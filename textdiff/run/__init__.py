@@ -19,6 +19,7 @@ _EXPORTS = {
     "evaluate_conditional": "textdiff.run.evaluation",
     "evaluate_unconditional": "textdiff.run.evaluation",
     "generate_texts": "textdiff.run.evaluation",
+    "sampler_of": "textdiff.run.evaluation",
     "score_with_judges": "textdiff.run.evaluation",
     "write_outputs": "textdiff.run.evaluation",
     "SampleAndScore": "textdiff.run.callbacks",

@@ -50,15 +50,15 @@ class SampleAndScore(pl.Callback):
         if getattr(pl_module, "conditional", False):
             self._score_conditional(trainer, pl_module, dm)
             return
-        from textdiff.run.evaluation import generate_texts
         from textdiff.metrics.text import score_unconditional
+        from textdiff.run.evaluation import generate_texts, sampler_of
 
-        overrides = {"num_steps": self.num_steps} if self.num_steps else {}
         state = torch.random.get_rng_state()
         try:
             block = getattr(dm, "padding", "pad") == "block"
             gen = generate_texts(pl_module, dm.tokenizer, self.num_samples, seed=self.seed,
-                                 batch_size=self.num_samples, block=block, **overrides)
+                                 batch_size=self.num_samples, block=block,
+                                 sampler=sampler_of(pl_module, {"num_steps": self.num_steps}))
         finally:
             torch.random.set_rng_state(state)
         sentences = [s for row in gen["rows"] for s in row if s.strip()]
@@ -79,11 +79,10 @@ class SampleAndScore(pl.Callback):
         from textdiff.run.evaluation import evaluate_conditional
 
         split = "valid" if dm.has_split("valid") else "test"
-        overrides = {"num_steps": self.num_steps} if self.num_steps else {}
         state = torch.random.get_rng_state()
         try:
             records, scores = evaluate_conditional(pl_module, dm, split=split, num_examples=self.num_samples,
-                                                   seed=self.seed, sampler=overrides)
+                                                   seed=self.seed, sampler={"num_steps": self.num_steps})
         finally:
             torch.random.set_rng_state(state)
         for key in ("bleu", "chrf", "rougeL"):

@@ -24,19 +24,19 @@ log = logging.getLogger("textdiff")
 #: the network modules compiled per family (attribute paths; a ModuleList compiles each of its layers).
 #: A family's hot path must go through the module's ``forward`` (``__call__``), which is why the
 #: autoregressive baseline (``network.encode``/``network.decode``) and Difformer's encoder
-#: (``net.encode``) compile their Transformer layers, not the network.
+#: (``network.encode``) compile their Transformer layers, not the network.
 COMPILE_TARGETS: dict[str, tuple[str, ...]] = {
-    "DiffusionLM": ("denoiser",),
-    "LD4LG": ("denoiser",),  # the frozen stage-1 autoencoder stays eager
-    "DiffusionBERT": ("backbone",),
-    "Difformer": ("net", "net.encoder"),
+    "DiffusionLM": ("network",),
+    "LD4LG": ("network",),  # the frozen stage-1 autoencoder stays eager
+    "DiffusionBERT": ("network",),
+    "Difformer": ("network", "network.encoder"),
     "Autoregressive": ("network.encoder", "network.decoder"),
     "TextClassifier": ("network",),
     "BartDenoiser": ("bart",),
     "LatentAutoencoder": ("compressor", "reconstructor"),
 }
 #: tried in this order for a model class not in ``COMPILE_TARGETS`` (the first one found is compiled)
-FALLBACK_TARGETS = ("denoiser", "backbone", "net", "network")
+FALLBACK_TARGETS = ("network", "net", "denoiser", "backbone")
 
 CompileSpec = Union[None, bool, Mapping[str, Any]]
 
@@ -64,7 +64,7 @@ def compile_options(spec: CompileSpec) -> Optional[dict[str, Any]]:
 
 def compile_targets(model: nn.Module) -> list[str]:
     """Attribute paths of the network modules of ``model`` that ``compile_networks`` compiles, e.g.
-    ``["denoiser"]`` or ``["network.encoder.0", ...]`` (ModuleLists expanded to their layers).
+    ``["network"]`` or ``["network.encoder.0", ...]`` (ModuleLists expanded to their layers).
     Raises ValueError for a model with none of the known networks."""
     paths: Optional[tuple[str, ...]] = None
     for cls in type(model).__mro__:

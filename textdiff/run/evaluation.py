@@ -15,38 +15,34 @@ from typing import Any, Optional, Sequence
 import torch
 
 from textdiff.data.tokenizers import decode_ids
-from textdiff.families.interface import BuildsSampler, EvaluatesItself, HasBound, LabelsSamples, ReportsSampling
+from textdiff.families.interface import BuildsSampler, EvaluatesItself, HasBound
 
 log = logging.getLogger(__name__)
 
 
-def _sample_stats(model: Any) -> dict[str, Any]:
-    """What the model's last ``generate`` reported about itself ({} for a model that reports nothing)."""
-    return dict(model.last_sample_stats) if isinstance(model, ReportsSampling) else {}
-
-
-def _sampler_report(model: Any, overrides: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """``metrics["sampler"]``: the settings of the model's sampler with ``overrides`` and what its last
-    ``generate`` reported; None for a model without a sampler (the AR baseline)."""
+def sampler_of(model: Any, overrides: Optional[dict[str, Any]] = None) -> Optional[Any]:
+    """The one ``Sampler`` a run draws with: the model's configured sampler with ``overrides`` (None values are
+    unset keys); None for a model without a sampler (the AR baseline), which ignores sampler settings."""
     if not isinstance(model, BuildsSampler):
         return None
-    s = model.build_sampler(**overrides)
-    return {"num_steps": s.num_steps, "eta": s.eta, "spacing": s.spacing, "variance": s.variance,
-            "early_stop": s.early_stop, **_sample_stats(model)}
+    return model.build_sampler(**{k: v for k, v in (overrides or {}).items() if v is not None})
 
 
 def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 0, batch_size: int = 100,
-                   block: bool = False, seq_len: Optional[int] = None, **sampler_overrides: Any) -> dict[str, Any]:
-    """Draw ``num_samples`` sequences from an unconditional family and decode them.
+                   block: bool = False, seq_len: Optional[int] = None, sampler: Optional[Any] = None,
+                   **generate_kwargs: Any) -> dict[str, Any]:
+    """Draw ``num_samples`` sequences from an unconditional family with ``sampler`` (a built ``Sampler``, see
+    ``sampler_of``; None: the model's own) and decode them.
 
-    Returns a dict with "rows" (per sequence: its sentences), "ids" (N, L), "seconds" and
-    "sentences_per_second" (generated sequences per wall-clock second, sampling only).
+    Returns a dict with "rows" (per sequence: its sentences), "ids" (N, L), "run" (the ``SamplingRun``),
+    "seconds" and "sentences_per_second" (generated sequences per wall-clock second, sampling only).
     """
     start = time.perf_counter()
-    ids = model.generate(num_samples, seq_len=seq_len, seed=seed, batch_size=batch_size, **sampler_overrides)
+    run = model.generate_run(num_samples, seq_len=seq_len, seed=seed, batch_size=batch_size,
+                             **({"sampler": sampler} if sampler is not None else {}), **generate_kwargs)
     seconds = time.perf_counter() - start
-    rows = decode_ids(ids.cpu(), tokenizer, block=block)
-    return {"rows": rows, "ids": ids.cpu(), "seconds": seconds,
+    rows = decode_ids(run.ids.cpu(), tokenizer, block=block)
+    return {"rows": rows, "ids": run.ids.cpu(), "run": run, "seconds": seconds,
             "sentences_per_second": num_samples / max(seconds, 1e-9)}
 
 
@@ -98,14 +94,13 @@ def evaluate_unconditional(
     """
     from textdiff.metrics.text import score_unconditional
 
-    overrides = {k: v for k, v in (sampler or {}).items() if v is not None}
     block = getattr(datamodule, "padding", "pad") == "block"
     gen = generate_texts(model, datamodule.tokenizer, num_samples, seed=seed, batch_size=batch_size, block=block,
-                         **overrides, **(generate_kwargs or {}))
+                         sampler=sampler_of(model, sampler), **(generate_kwargs or {}))
     sentences = [s for row in gen["rows"] for s in row]
     records = [{"id": i, "text": " ".join(row) if block else row[0], **({"sentences": row} if block else {})}
                for i, row in enumerate(gen["rows"])]
-    labels = model.last_labels if isinstance(model, LabelsSamples) else None
+    labels = gen["run"].labels
     classes = getattr(datamodule, "classes", None)
     if labels is not None and classes and len(labels) == len(records):  # class-conditional samples
         for r, lab in zip(records, labels):
@@ -128,8 +123,8 @@ def evaluate_unconditional(
             metrics.update(nll_on_split(model, loader, nll_batches, nll_num_t, seed=seed))
         except (ValueError, RuntimeError) as err:  # e.g. a continuous-time model has no discrete bound
             log.warning("NLL bound skipped: %s", err)
-    if (report := _sampler_report(model, overrides)) is not None:
-        metrics["sampler"] = report
+    if gen["run"].sampler is not None:
+        metrics["sampler"] = gen["run"].report()
     return records, metrics
 
 
@@ -152,32 +147,34 @@ def evaluate_conditional(
     """
     from textdiff.metrics.text import corpus_bleu, score_conditional
 
-    overrides = {k: v for k, v in (sampler or {}).items() if v is not None}
+    built = sampler_of(model, sampler)
     kwargs = {k: v for k, v in (generate_kwargs or {}).items() if v is not None}
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     sources, references = datamodule.sources(split), datamodule.references(split)
     device = next(model.parameters()).device
     limit = len(sources) if num_examples is None else min(int(num_examples), len(sources))
     records: list[dict[str, Any]] = []
-    seconds = 0.0
+    seconds, nfe, run = 0.0, 0.0, None
     for i, batch in enumerate(loader):
         if len(records) >= limit:
             break
         keep = min(limit - len(records), batch["src_ids"].shape[0])
         start = time.perf_counter()
-        ids = model.generate(batch["src_ids"][:keep].to(device), batch["src_mask"][:keep].to(device),
-                             seed=seed + i, **overrides, **kwargs)
+        run = model.generate_run(batch["src_ids"][:keep].to(device), batch["src_mask"][:keep].to(device),
+                                 seed=seed + i, **({"sampler": built} if built is not None else {}), **kwargs)
         seconds += time.perf_counter() - start
-        for j, row in zip(batch["index"][:keep].tolist(), decode_ids(ids.cpu(), datamodule.tokenizer)):
+        nfe += (run.nfe or 0.0) * keep
+        for j, row in zip(batch["index"][:keep].tolist(), decode_ids(run.ids.cpu(), datamodule.tokenizer)):
             records.append({"id": j, "source": sources[j], "hypothesis": row[0], "references": references[j]})
     hyps, refs = [r["hypothesis"] for r in records], [r["references"] for r in records]
     metrics: dict[str, Any] = {"split": split, "num_examples": len(records), "sampling_seconds": round(seconds, 3),
                                "sentences_per_second": round(len(records) / max(seconds, 1e-9), 3)}
     metrics.update(score_conditional(hyps, refs))
     metrics["bleu_tok"] = corpus_bleu([h.lower() for h in hyps], [[r.lower() for r in rs] for rs in refs])["bleu"]
-    if (report := _sampler_report(model, overrides)) is not None:
-        metrics["sampler"] = report
-    metrics["generate"] = {**kwargs, **_sample_stats(model)}
+    if run is not None and run.sampler is not None:
+        run.nfe = nfe / max(len(records), 1)  # over every batch, not the last one's
+        metrics["sampler"] = run.report()
+    metrics["generate"] = {**kwargs, **(run.details if run is not None else {})}
     return records, metrics
 
 
