@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from textdiff.core.schedules import NoiseSchedule, grid_steps
+from textdiff.core.schedules import NoiseSchedule, SpindleSchedule, grid_steps
 
 LossType = Literal["d3pm", "weighted_ce"]
 
@@ -95,24 +95,154 @@ class AbsorbingProcess(nn.Module):
     def to_x0(self, logits: Tensor, xt: Tensor, t: Tensor) -> Tensor:
         """Log-probs of x0 (B, L, V): [MASK] is never a prediction, and revealed tokens are carried
         over (MDLM's SUBS parameterisation, §3.2.3)."""
-        logits = logits.float().index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
-        logp = F.log_softmax(logits, dim=-1)
+        logp = self.masked_x0(logits)
         revealed = (xt != self.mask_id).nonzero(as_tuple=True)  # only these rows change (no full-size copies)
         if revealed[0].numel():
             logp[revealed] = float("-inf")
             logp[(*revealed, xt[revealed])] = 0.0
         return logp
 
+    def masked_x0(self, logits: Tensor) -> Tensor:
+        """``to_x0`` at positions that hold [MASK] (nothing to carry over): log-probs (..., V) from logits
+        (..., V), e.g. (n, V) rows gathered at masked positions. The same operations as ``to_x0``, so the
+        values are the same bit for bit whatever the leading shape."""
+        logits = logits.float().index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
+        return F.log_softmax(logits, dim=-1)
+
     def unmask_prob(self, t: Tensor, s: Tensor, x0: Tensor, exact: bool = False) -> Tensor:
         """P(x_s = x0 | x_t = [MASK], x0) for s < t, per token (B, L) (D3PM eq. 3 for absorbing Q);
         ``exact`` uses the closed form whatever ``spindle_posterior`` says."""
         p_t, p_s = self.keep_prob(t, x0), self.keep_prob(s, x0)
+        beta = self.official_beta(t, s, exact)
+        return self._unmask(p_t, p_s, None if beta is None else beta.view(-1, 1))
+
+    def official_beta(self, t: Tensor, s: Tensor, exact: bool = False) -> Optional[Tensor]:
+        """DiffusionBERT's one-step rate of the base schedule, 1 - abar(t) / abar(s) (t, s: (n,)), where
+        ``unmask_prob`` uses the official spindle posterior; else None."""
         if self.schedule.token_dependent and self.spindle_posterior == "official" and not exact:
-            base = self.schedule.base  # DiffusionBERT: q(x_s|x0) * q(x_t|x_s) with the base one-step beta
-            beta = (1 - base.alpha_bar(t) / base.alpha_bar(s).clamp_min(1e-12)).view(-1, 1)
+            base = self.schedule.base  # DiffusionBERT's posterior: q(x_s|x0) q(x_t|x_s) with the base chain's beta_t
+            return 1 - base.alpha_bar(t) / base.alpha_bar(s).clamp_min(1e-12)
+        return None
+
+    @staticmethod
+    def _unmask(p_t: Tensor, p_s: Tensor, beta: Optional[Tensor]) -> Tensor:
+        """u from the keep-probabilities p_t, p_s (per token) and, for the official spindle posterior, the
+        base one-step rate ``beta`` (broadcast against them)."""
+        if beta is not None:  # DiffusionBERT: q(x_s|x0) * q(x_t|x_s) with the base one-step beta
             num = p_s * beta
             return num / (num + 1 - p_s).clamp_min(1e-12)
-        return ((p_s - p_t) / (1 - p_t).clamp_min(1e-12)).clamp(0, 1)
+        return ((p_s - p_t) / (1 - p_t).clamp_min(1e-12)).clamp(0, 1)  # D3PM eq. 3, absorbing Q
+
+    def unmask_table(self, times: Tensor, x0: Tensor, beta: Optional[Tensor] = None) -> Tensor:
+        """``unmask_prob`` for every step of a stretch of the time grid at once: ``times`` (J + 1,) the
+        points t_0 > ... > t_J (a slice of ``sampling_times``), ``x0`` (R, L) ids (argmax x0 for the
+        spindle). Returns (R, J, L) with ``[:, j] = unmask_prob(t_j, t_{j+1}, x0)``; (1, J, 1) for a
+        token-independent schedule, whose u does not read x0. The keep-probabilities are computed once
+        per grid point. ``beta``: ``official_beta`` of the J steps (J,), when the caller has it already."""
+        J = times.numel() - 1
+        times = times.float()
+        t, s = times[:-1], times[1:]
+        if not self.schedule.token_dependent:
+            return self.unmask_prob(t, s, x0.new_zeros(J, 1)).view(1, J, 1)
+        R, L = x0.shape
+        p = None
+        if isinstance(self.schedule, SpindleSchedule):  # its alpha_bar broadcasts times (J+1,) against (R, 1, L) ids
+            p = self.schedule.alpha_bar(times, x0.unsqueeze(1))
+        if p is None or p.shape != (R, J + 1, L):
+            p = self.keep_prob(times.repeat(R), x0.repeat_interleave(J + 1, dim=0)).view(R, J + 1, L)  # r (J+1) + j
+        if beta is None:
+            beta = self.official_beta(t, s)
+        return self._unmask(p[:, :-1], p[:, 1:], None if beta is None else beta.view(1, J, 1))
+
+    def filtered_stay_logprob(self, top: Tensor, lse: Optional[Tensor], u: Tensor, temperature: float = 1.0,
+                              top_k: Optional[int] = None) -> Tensor:
+        """log P(x_s = [MASK] | x_t = [MASK]) when a ``LogitFilter`` with ``temperature`` T and ``top_k`` acts on
+        the joint reverse posterior, as ``reverse_step(posterior_filter=...)`` does (He et al. 2023, the official
+        ``discrete_diffusion_predict_fn``: logits log(u p_v) for the tokens and log(1 - u) for staying
+        [MASK], divided by T, the k largest kept, softmax), without building the (V,) joint. With
+        a = log(1 - u) / T and b_i = (log u + l_i) / T, l_1 >= l_2 >= ... the sorted log p(x0 | x_t):
+
+            top-k: [MASK] drops out of the k largest when a < b_k, i.e. logit(u) > -l_k (the reveal is then
+            certain); else the tokens kept are the k - 1 largest and
+            P(stay) = e^a / (e^a + sum_{i<k} e^{b_i}) = sigmoid(-(logit(u) / T + logsumexp_{i<k} l_i / T));
+            no top-k: P(stay) = sigmoid(-(logit(u) / T + logsumexp_v l_v / T)).
+
+        Args:
+            top: (n, k) the k largest log p(x0 | x_t) of each position, sorted (k = ``top_k``; any k >= 1
+                without a top-k).
+            lse: (n,) logsumexp_v l_v / T over the whole vocabulary (read only without a top-k).
+            u: (n, J) the unmasking probability (``unmask_prob``) of each position at J steps.
+        Returns: (n, J) log-probabilities of staying [MASK]. Ties between the k-th value and [MASK] or the
+        (k+1)-th value (where the filter keeps more than k entries) are not modelled: they have probability
+        0 for continuous logits.
+        """
+        odds = torch.logit(u.clamp(0.0, 1.0))  # log u - log(1 - u)
+        scaled = odds if temperature == 1.0 else odds / temperature
+        if top_k is None:
+            return F.logsigmoid(-(scaled + lse.unsqueeze(-1)))
+        rest = top[:, : top_k - 1] if temperature == 1.0 else top[:, : top_k - 1] / temperature
+        stay = F.logsigmoid(-(scaled + torch.logsumexp(rest, -1, keepdim=True)))
+        return stay.masked_fill_(odds > -top[:, top_k - 1: top_k], float("-inf"))  # [MASK] not in the k largest
+
+    def filtered_reveal_prob(self, top: Tensor, lse: Optional[Tensor], u: Tensor, temperature: float = 1.0,
+                             top_k: Optional[int] = None) -> Tensor:
+        """P(x_s != [MASK] | x_t = [MASK]) under the filtered joint posterior: 1 - exp(``filtered_stay_logprob``),
+        same arguments. Returns (n, J)."""
+        return -torch.expm1(self.filtered_stay_logprob(top, lse, u, temperature, top_k))
+
+    def filtered_token_draw(self, top: Tensor, ids: Tensor, u: Tensor, temperature: float = 1.0,
+                            top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The token of a reveal under the filtered joint posterior (``filtered_stay_logprob``): one of the k
+        largest, p(v) ∝ exp(l_v / T), the k-th only when [MASK] is not among the k largest at that step
+        (logit(u) > -l_k). top: (n, k) sorted log-probs, ids: (n, k) their token ids, u: (n,) the step's
+        unmasking probability. Inverse-CDF draw, one uniform per position. Returns (n,) long."""
+        cdf = torch.softmax(top if temperature == 1.0 else top / temperature, -1).cumsum_(-1)
+        limit = cdf[:, -1:]
+        if top_k is not None and top_k > 1:
+            kept = torch.logit(u.clamp(0.0, 1.0)).unsqueeze(1) <= -top[:, top_k - 1: top_k]  # [MASK] is kept
+            limit = torch.where(kept, cdf[:, top_k - 2: top_k - 1], limit)
+        w = torch.rand(limit.shape, generator=generator, device=top.device) * limit
+        return ids.gather(1, (cdf < w).sum(-1, keepdim=True).clamp_max_(top.shape[1] - 1)).squeeze(1)
+
+    @staticmethod
+    def first_reveal(stay_logprob: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The first of J independent per-step reveal trials that succeeds: ``stay_logprob`` (n, J) the
+        log-probabilities log(1 - r_j) that trial j fails; returns (n,) long, j with probability
+        prod_{i<j} (1 - r_i) r_j, or J when none does. One uniform w in (0, 1] per position: the first j
+        with sum_{i<=j} log(1 - r_i) < log w (a certain trial, log(1 - r_j) = -inf, always succeeds)."""
+        u = torch.rand(stay_logprob.shape[0], 1, generator=generator, device=stay_logprob.device,
+                       dtype=stay_logprob.dtype)
+        return (stay_logprob.cumsum(-1) >= torch.log1p(-u)).sum(-1)
+
+    def ancestral_reveal(self, masked: Tensor, p_unmask: Tensor,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
+        """Which masked positions an ancestral step reveals: masked (B, L) bool, p_unmask (B, L). One
+        uniform per position (B x L draws). Returns (B, L) bool."""
+        u = torch.rand(masked.shape, generator=generator, device=masked.device)
+        return masked & (u < p_unmask)
+
+    @staticmethod
+    def draw_tokens(x0_logp: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """One token per row of log-probs ``x0_logp`` (n, V): ``torch.multinomial`` (which draws n x V
+        values from ``generator``). Returns (n,) long."""
+        return torch.multinomial(x0_logp.exp(), 1, generator=generator).squeeze(-1)
+
+    def posterior_joint(self, x0_logp: Tensor, u: Tensor) -> Tensor:
+        """The joint reverse posterior's logits at masked positions: x0_logp (n, V) log p(x0 | x_t), u (n,)
+        ``unmask_prob``: log(u p(v | x_t)) for the tokens v, log(1 - u) in the [MASK] slot. Returns (n, V)."""
+        u = u.clamp(0.0, 1.0).unsqueeze(-1)  # (n, 1)
+        joint = x0_logp + torch.log(u)  # log q(x_s = v | x_t, x0_hat) ∝ u p(v | x_t)
+        joint[:, self.mask_id] = torch.log1p(-u.squeeze(-1))  # stay [MASK]: 1 - u
+        return joint
+
+    @staticmethod
+    def deterministic_reveal(masked: Tensor, p_unmask: Tensor, conf: Tensor) -> Tensor:
+        """eta = 0: reveal round(sum of p_unmask over the masked positions) per sequence, the most confident
+        first. masked (B, L) bool; p_unmask (B, L); conf (B, L) the max log-prob, -inf where not masked.
+        Returns (B, L) bool."""
+        n_reveal = torch.round((p_unmask * masked).sum(-1)).long()  # (B,)
+        order = conf.argsort(-1, descending=True).argsort(-1)  # rank of each position
+        return masked & (order < n_reveal.unsqueeze(-1))
 
     def reverse_step(self, xt: Tensor, x0_logp: Tensor, t: Tensor, s: Tensor, *, eta: float = 1.0,
                      generator: Optional[torch.Generator] = None,
@@ -133,6 +263,7 @@ class AbsorbingProcess(nn.Module):
         hook) and u is untouched. At eta = 0 it is not used: the argmax and the confidence order do not
         depend on a temperature or a top-k.
         """
+        self.check_eta(eta)
         masked = xt == self.mask_id
         x0_argmax = x0_logp.argmax(-1)
         p_unmask = self.unmask_prob(t, s, x0_argmax)  # (B, L)
@@ -140,27 +271,23 @@ class AbsorbingProcess(nn.Module):
             out = xt.clone()
             rows = masked.nonzero(as_tuple=True)
             if rows[0].numel():  # only masked positions change (revealed ones carry over)
-                u = p_unmask[rows].clamp(0.0, 1.0).unsqueeze(-1)  # (n, 1)
-                joint = x0_logp[rows] + torch.log(u)  # log q(x_s = v | x_t, x0_hat) ∝ u p(v | x_t)
-                joint[:, self.mask_id] = torch.log1p(-u.squeeze(-1))  # stay [MASK]: 1 - u
-                probs = posterior_filter(joint, t[rows[0]]).exp()
-                out[rows] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                joint = self.posterior_joint(x0_logp[rows], p_unmask[rows])
+                out[rows] = self.draw_tokens(posterior_filter(joint, t[rows[0]]), generator)
             return out
         if eta == 1.0:
-            u = torch.rand(xt.shape, generator=generator, device=xt.device)
-            reveal = masked & (u < p_unmask)
+            reveal = self.ancestral_reveal(masked, p_unmask, generator)
             out = xt.clone()
             if reveal.any():  # draw tokens only where one is revealed (~1/K of the masked positions)
-                probs = x0_logp[reveal].exp()
-                out[reveal] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                out[reveal] = self.draw_tokens(x0_logp[reveal], generator)
             return out
-        if eta == 0.0:
-            n_reveal = torch.round((p_unmask * masked).sum(-1)).long()  # (B,)
-            conf = x0_logp.max(-1).values.masked_fill(~masked, float("-inf"))
-            order = conf.argsort(-1, descending=True).argsort(-1)  # rank of each position
-            reveal = masked & (order < n_reveal.unsqueeze(-1))
-            return torch.where(reveal, x0_argmax, xt)
-        raise ValueError(f"an absorbing reverse step takes eta=1 (ancestral) or eta=0 (deterministic), got {eta}")
+        conf = x0_logp.max(-1).values.masked_fill(~masked, float("-inf"))
+        return torch.where(self.deterministic_reveal(masked, p_unmask, conf), x0_argmax, xt)
+
+    @staticmethod
+    def check_eta(eta: float) -> None:
+        """Raise ValueError unless eta is 1 (ancestral) or 0 (deterministic)."""
+        if eta not in (0.0, 1.0):
+            raise ValueError(f"an absorbing reverse step takes eta=1 (ancestral) or eta=0 (deterministic), got {eta}")
 
     def previous_time(self, t: Tensor) -> Tensor:
         """The grid point before ``t`` (t - 1/T, clamped at 0) for the discrete-time loss. (B,)."""

@@ -1,6 +1,17 @@
 """x0 hooks: callables ``(x0_hat, t) -> x0_hat`` the sampler applies at every step.
 
 Gaussian processes pass x0 (B, L, D); absorbing ones pass log-probs (B, L, V). t is (B,) in [0, 1].
+
+Two optional class attributes tell the sampler what a hook allows:
+
+- ``time_invariant = True``: the output does not depend on t, so the sampler may keep it for sequences
+  that did not change (``Sampler(reuse_unchanged=True)``);
+- ``rowwise = True``: the hook acts on each position's last-dim vector on its own, so it gives the same
+  values on rows gathered from the (B, L, V) tensor: ``hook(x0 (n, V), t (n,))`` with t the time of each
+  row's sequence. It must also leave a position that holds one certain token (log-prob 0 there, -inf
+  elsewhere: a revealed token) certain of that token. The absorbing sampler's reveal-first step
+  (``Sampler(reveal_first=True)``) runs x0 hooks only at the positions it needs and needs every hook to
+  be row-wise; with any other hook it runs the whole-tensor reference step.
 """
 from __future__ import annotations
 
@@ -89,6 +100,7 @@ class LogitFilter:
     """
 
     time_invariant = True  # ignores t: the sampler may reuse its output for unchanged sequences
+    rowwise = True  # each position's (V,) vector on its own: the sampler may run it on gathered (n, V) rows
 
     def __init__(self, top_k: Optional[int] = None, top_p: Optional[float] = None,
                  temperature: float = 1.0, banned_ids: Sequence[int] = ()) -> None:
@@ -100,6 +112,12 @@ class LogitFilter:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k, self.top_p, self.temperature = top_k, top_p, float(temperature)
         self.banned_ids = list(banned_ids)
+
+    @property
+    def bans_only(self) -> bool:
+        """True when the filter only bans ids (temperature 1, no top-k/top-p): on log-probs it is then
+        log_softmax with the banned ids at -inf."""
+        return self.temperature == 1.0 and self.top_k is None and self.top_p in (None, 1.0)
 
     @property
     def is_identity(self) -> bool:

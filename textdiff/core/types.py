@@ -1,7 +1,8 @@
-"""Shared types: the batch layout every DataModule yields (and ``pad_sequences``, which builds it) and the
-callables the sampler takes."""
+"""Shared types: the batch layout every DataModule yields (and ``pad_sequences``, which builds it), the
+callables the sampler takes and what it returns (``SampleOutput``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence, TypedDict
 
 import torch
@@ -56,3 +57,53 @@ X0Hook = Callable[[Tensor, Tensor], Tensor]
 """``(x0_hat, t) -> x0_hat``: post-processes the process's x0 estimate at time ``t`` (B,).
 
 For a Gaussian process x0_hat is (B, L, D); for an absorbing process it is (B, L, V) log-probs."""
+
+
+class StepHook(Protocol):
+    """``(x_s, s, t, x0_hat, x_t) -> x_s``: runs after each reverse step x_t -> x_s (infilling, classifier
+    guidance; ``textdiff.core.control``). s, t: (B,); x_t, x_s: the states before and after the step."""
+
+    def __call__(self, x_s: Tensor, s: Tensor, t: Tensor, x0_hat: Tensor, x_t: Tensor) -> Tensor: ...
+
+
+@dataclass
+class SampleOutput:
+    """What ``Sampler.sample`` returns.
+
+    Attributes:
+        x: the final state: (B, L, D) float for Gaussian processes (equal to ``x0`` after the last step),
+            (B, L) long for absorbing ones. With ``early_stop`` it is the state where the loop stopped.
+        x0: the last x0 estimate after hooks: (B, L, D) or (B, L, V) log-probs. The absorbing
+            reveal-first sampler computes it on first access (from the last network outputs it keeps),
+            not at every step; the values are the same.
+        nfe: number of denoiser calls made.
+        row_evals: sequences passed through the denoiser, summed over calls (B x nfe without
+            ``reuse_unchanged``; fewer with it, which recomputes only the sequences that changed).
+        times: (K + 1,) the time grid (float64), from 1 to 0.
+        trajectory: with ``keep_trajectory``, the state before each step and after the last (on CPU).
+        x0_trajectory: with ``keep_trajectory``, each step's x0 estimate (on CPU).
+    """
+
+    x: Tensor
+    x0: Tensor
+    nfe: int
+    times: Tensor
+    trajectory: Optional[list[Tensor]] = None
+    x0_trajectory: Optional[list[Tensor]] = field(default=None)
+    row_evals: int = 0
+
+    def __getattribute__(self, name: str) -> object:
+        value = object.__getattribute__(self, name)
+        if name == "x0" and type(value) is _Deferred:  # computed once, on first access
+            value = value.compute()
+            object.__setattr__(self, "x0", value)
+        return value
+
+
+class _Deferred:
+    """A ``SampleOutput`` field computed on first access: ``compute()`` returns the tensor."""
+
+    __slots__ = ("compute",)
+
+    def __init__(self, compute: Callable[[], Tensor]) -> None:
+        self.compute = compute

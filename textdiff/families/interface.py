@@ -53,7 +53,8 @@ class SamplingRun:
         settings = {} if s is None else {"num_steps": s.num_steps, "eta": s.eta, "spacing": s.spacing,
                                          "variance": s.variance, "early_stop": s.early_stop}
         if s is not None and isinstance(s.process, AbsorbingProcess):
-            settings["reuse_unchanged"] = s.reuse_unchanged
+            settings.update(reuse_unchanged=s.reuse_unchanged, reveal_first=s.reveal_first,
+                            closed_form_posterior=s.closed_form_posterior)
         return {**settings, **({"nfe_per_sequence": round(self.nfe, 3)} if self.nfe is not None else {}),
                 **self.details}
 
