@@ -217,13 +217,13 @@ class Difformer(DiffusionModule):
             lengths = lengths.unsqueeze(-1).expand(B, b1, b2).reshape(-1)
             L = int(lengths.max())
             cand_mask = torch.arange(L, device=dev) < lengths.unsqueeze(-1)
-            memory_r, src_mask_r = memory.repeat_interleave(n, 0), src_mask.repeat_interleave(n, 0)
+            kv, src_mask_r = net.memory_kv(memory, n), src_mask.repeat_interleave(n, 0)  # once, not at every step
             sampler = self.sampler_for(sampler, sampler_overrides)
             use_clamp = self.clamp if clamp is None else clamp
             gen = self.seeded_generator(seed, dev)
 
             def denoise(z: Tensor, t: Tensor, sc: Optional[Tensor]) -> Tensor:
-                return net(z, self.time_input(t), memory_r, mask=cand_mask, src_mask=src_mask_r, self_cond=sc)
+                return net(z, self.time_input(t), None, mask=cand_mask, src_mask=src_mask_r, self_cond=sc, memory_kv=kv)
 
             out = sampler.sample(denoise, (B * n, L, net.latent_dim), generator=gen, device=dev,
                                  hooks=[self._clamp_hook()] if use_clamp else [])

@@ -167,17 +167,48 @@ class DifformerNet(nn.Module):
         return self.length(memory, src_mask)
 
     # ----- decoder -----
-    def forward(self, z_t: Tensor, t: Tensor, memory: Tensor, *, mask: Optional[Tensor] = None,
-                src_mask: Optional[Tensor] = None, self_cond: Optional[Tensor] = None) -> Tensor:
+    def memory_kv(self, memory: Tensor, repeat: int = 1) -> list[tuple[Tensor, Tensor]]:
+        """Each decoder layer's cross-attention keys and values of ``memory`` (B, S, dim), for ``forward(...,
+        memory_kv=...)``: they do not change along the reverse chain, so ``generate`` computes them once (fairseq's
+        ``encoder_out`` reuse), from the B sources and not their B x ``repeat`` candidates. Returns one (k, v) per
+        layer, each (B * repeat, heads, S, dim / heads), rows source-major (as ``repeat_interleave``)."""
+        out = []
+        for layer in self.decoder:
+            attn = layer.multihead_attn
+            w, b = attn.in_proj_weight, attn.in_proj_bias  # rows: [W_q; W_k; W_v] (nn.MultiheadAttention)
+            kv = nn.functional.linear(memory, w[self.dim:], None if b is None else b[self.dim:])  # (B, S, 2 dim)
+            k, v = (x.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2).repeat_interleave(repeat, 0)
+                    for x in kv.chunk(2, dim=-1))
+            out.append((k, v))
+        return out
+
+    def _cross_attention(self, layer: nn.TransformerDecoderLayer, x: Tensor, kv: tuple[Tensor, Tensor],
+                         src_pad: Optional[Tensor]) -> Tensor:
+        """``layer``'s cross-attention block (``_mha_block``: attention, output projection, dropout) with its keys
+        and values precomputed by ``memory_kv``. x (B, L, dim); src_pad (B, S) True on padding."""
+        attn = layer.multihead_attn
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        q = nn.functional.linear(x, w[:self.dim], None if b is None else b[:self.dim])
+        q = q.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)  # (B, H, L, dh)
+        keep = None if src_pad is None else ~src_pad[:, None, None, :]  # (B, 1, 1, S) True where attended
+        o = nn.functional.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=keep,
+                                                       dropout_p=attn.dropout if self.training else 0.0)
+        return layer.dropout2(attn.out_proj(o.transpose(1, 2).flatten(2)))
+
+    def forward(self, z_t: Tensor, t: Tensor, memory: Optional[Tensor], *, mask: Optional[Tensor] = None,
+                src_mask: Optional[Tensor] = None, self_cond: Optional[Tensor] = None,
+                memory_kv: Optional[list[tuple[Tensor, Tensor]]] = None) -> Tensor:
         """Predict z0 from z_t.
 
         Args:
             z_t: (B, L, d_latent) noisy latents.
             t: (B,) time input (the family's rescaled chain index).
-            memory: (B, S, dim) source encoding from ``encode``.
+            memory: (B, S, dim) source encoding from ``encode`` (None with ``memory_kv``).
             mask: (B, L) True on the target positions to generate (padding is not attended to).
             src_mask: (B, S) True on real source tokens.
             self_cond: (B, L, d_latent) previous z0 estimate, or None (zeros: the first pass).
+            memory_kv: the decoder layers' cross-attention keys and values of the memory (``memory_kv``), instead
+                of ``memory``; the same result.
 
         Returns:
             z0_hat (B, L, d_latent).
@@ -185,6 +216,8 @@ class DifformerNet(nn.Module):
         B, L, _ = z_t.shape
         if L > self.max_len:
             raise ValueError(f"target length {L} exceeds the network's max_len={self.max_len}")
+        if (memory is None) == (memory_kv is None):
+            raise ValueError("pass exactly one of memory and memory_kv")
         h = self.dec_in(z_t)
         if self.self_condition:
             prev = self_cond if self_cond is not None else torch.zeros_like(z_t)
@@ -196,6 +229,11 @@ class DifformerNet(nn.Module):
         h = self.drop(h)
         pad = ~mask.bool() if mask is not None else None
         mpad = ~src_mask.bool() if src_mask is not None else None
-        for layer in self.decoder:
-            h = layer(h, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=mpad)
+        for i, layer in enumerate(self.decoder):
+            if memory_kv is None:
+                h = layer(h, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=mpad)
+            else:  # nn.TransformerDecoderLayer.forward (post-norm), the cross-attention from cached keys/values
+                h = layer.norm1(h + layer._sa_block(h, None, pad))
+                h = layer.norm2(h + self._cross_attention(layer, h, memory_kv[i], mpad))
+                h = layer.norm3(h + layer._ff_block(h))
         return self.dec_out(h)
