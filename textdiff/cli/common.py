@@ -73,9 +73,13 @@ def checkpoint_errors_as_config_errors() -> Iterator[None]:
         raise ConfigError(str(err)) from None
 
 
-#: config keys renamed since textdiff first shipped them, old -> new (every family's network is ``model.network``);
-#: saved runs are upgraded on load (``textdiff.cli.runs.upgrade_config``), command lines are told
-RENAMED_OVERRIDES = {"model.denoiser": "model.network", "model.backbone": "model.network"}
+#: model config keys renamed since runs were first saved, per model class: every family's trained network is
+#: ``network`` (the weights are renamed on load by ``TextModule.renamed_weights``)
+RENAMED_MODEL_KEYS = {"DiffusionLM": ("denoiser", "network"), "LD4LG": ("denoiser", "network"),
+                      "DiffusionBERT": ("backbone", "network")}
+#: the same renames as command-line keys: saved runs are upgraded on load (``textdiff.cli.runs.upgrade_config``),
+#: command lines are told (``check_renamed_overrides``)
+RENAMED_OVERRIDES = {f"model.{old}": f"model.{new}" for old, new in RENAMED_MODEL_KEYS.values()}
 
 
 def check_renamed_overrides(args: Sequence[str], program: str) -> None:

@@ -12,7 +12,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from textdiff.cli.common import (
-    ConfigError, build, build_datamodule, check_checkpoint_family, checkpoint_errors_as_config_errors, run_dir_of,
+    RENAMED_MODEL_KEYS, ConfigError, build, build_datamodule, check_checkpoint_family,
+    checkpoint_errors_as_config_errors, run_dir_of,
 )
 from textdiff.families.interface import ClassifiesTexts, Reranks
 from textdiff.run.checkpoint import find_checkpoint
@@ -41,12 +42,6 @@ def _rewrite_targets(node: Any) -> None:
                 old = next((o for o in MOVED_TARGETS if child._value().startswith(o)), None)
                 if old:
                     node[key] = MOVED_TARGETS[old] + child._value()[len(old):]
-
-
-#: model config keys renamed since runs were first saved, per model class: every family's trained network is
-#: ``network`` (the weights are renamed on load by ``TextModule.renamed_weights``)
-RENAMED_MODEL_KEYS = {"DiffusionLM": ("denoiser", "network"), "LD4LG": ("denoiser", "network"),
-                      "DiffusionBERT": ("backbone", "network")}
 
 
 def upgrade_config(cfg: Any) -> Any:

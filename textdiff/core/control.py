@@ -103,6 +103,8 @@ class Infill:
         generator: RNG of that noise.
     """
 
+    reads_x0 = False  # ignores x0_hat: a sampler need not build it for this hook (core/reveal_first.py)
+
     def __init__(self, context: Tensor, keep: Tensor, process: Optional[GaussianProcess] = None,
                  noise_context: bool = False, generator: Optional[torch.Generator] = None) -> None:
         if keep.dtype != torch.bool or keep.shape != context.shape[:2]:

@@ -13,7 +13,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from textdiff.core.control import Infill
 from textdiff.core.hooks import LogitFilter
 from textdiff.core.types import DenoiseFn, SampleOutput, StepHook, X0Hook, _Deferred
 
@@ -335,7 +334,7 @@ class RevealFirst:
             if self.step_hooks:
                 x0_hat, before = None, x
                 for hook in self.step_hooks:
-                    if x0_hat is None and getattr(hook, "reads_x0", not isinstance(hook, Infill)):
+                    if x0_hat is None and getattr(hook, "reads_x0", True):
                         x0_hat = self.full_x0(x_t, t)
                     x = hook(x, s, t, x0_hat, x_t)
                 changed = changed or not torch.equal(x, before)

@@ -61,7 +61,8 @@ For a Gaussian process x0_hat is (B, L, D); for an absorbing process it is (B, L
 
 class StepHook(Protocol):
     """``(x_s, s, t, x0_hat, x_t) -> x_s``: runs after each reverse step x_t -> x_s (infilling, classifier
-    guidance; ``textdiff.core.control``). s, t: (B,); x_t, x_s: the states before and after the step."""
+    guidance; ``textdiff.core.control``). s, t: (B,); x_t, x_s: the states before and after the step. A hook
+    that ignores x0_hat says so with ``reads_x0 = False`` (a sampler then need not build it)."""
 
     def __call__(self, x_s: Tensor, s: Tensor, t: Tensor, x0_hat: Tensor, x_t: Tensor) -> Tensor: ...
 

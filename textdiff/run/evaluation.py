@@ -171,9 +171,8 @@ def evaluate_conditional(
                                "sentences_per_second": round(len(records) / max(seconds, 1e-9), 3)}
     metrics.update(score_conditional(hyps, refs))
     metrics["bleu_tok"] = corpus_bleu([h.lower() for h in hyps], [[r.lower() for r in rs] for rs in refs])["bleu"]
-    if run is not None and run.sampler is not None:
-        run.nfe = nfe / max(len(records), 1)  # over every batch, not the last one's
-        metrics["sampler"] = run.report()
+    if run is not None and run.sampler is not None:  # nfe over every batch, not the last one's
+        metrics["sampler"] = {**run.report(), "nfe_per_sequence": round(nfe / max(len(records), 1), 3)}
     metrics["generate"] = {**kwargs, **(run.details if run is not None else {})}
     return records, metrics
 
