@@ -111,6 +111,15 @@ def test_continuous_sampling_times():
         CosineSchedule().sampling_times(4, spacing="ddim")
 
 
+def test_continuous_even_spacing_is_the_uniform_grid():
+    """"even" (the absorbing samplers' K equal strides from t = 1 to 0) on a continuous schedule (MDLM's log-linear)
+    is the uniform grid, so conf/sampler/absorbing.yaml serves discrete and continuous absorbing families alike."""
+    sched = LogLinearSchedule()
+    for k in (1, 3, 128):
+        assert torch.equal(sched.sampling_times(k, spacing="even"), sched.sampling_times(k))
+    assert sched.sampling_times(4, spacing="even").tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
 def test_cosine_squared_scale_shifts_log_snr():
     t = torch.tensor([0.2, 0.5, 0.8])
     base, shifted = CosineSquaredSchedule(scale=1.0), CosineSquaredSchedule(scale=0.1)

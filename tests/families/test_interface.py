@@ -43,8 +43,10 @@ def test_a_sampling_run_says_what_ran():
     assert isinstance(run, SamplingRun) and run.ids.shape == (3, 6) and run.sampler.num_steps == 7
     assert run.nfe == 7 and run.seconds > 0 and run.output.nfe == 7
     assert run.report() == {"num_steps": 7, "eta": run.sampler.eta, "spacing": run.sampler.spacing,
-                            "variance": run.sampler.variance, "early_stop": 0, "nfe_per_sequence": 7,
-                            "clamp": dlm.clamp}
+                            "variance": run.sampler.variance, "early_stop": 0, "solver": "ddim",
+                            "nfe_per_sequence": 7, "clamp": dlm.clamp}
+    assert dlm.generate_run(3, seq_len=6, seed=0, num_steps=7, solver="dpmpp_2m", eta=0.0).report()["solver"] \
+        == "dpmpp_2m"
     built = dlm.build_sampler(num_steps=7)
     assert torch.equal(dlm.generate_run(3, seq_len=6, seed=0, sampler=built).ids, run.ids)
     assert torch.equal(dlm.generate(3, seq_len=6, seed=0, num_steps=7), run.ids)
@@ -54,3 +56,7 @@ def test_a_sampling_run_says_what_ran():
     run = dbert.generate_run(4, seed=0, num_steps=6, batch_size=3)
     assert run.report()["reuse_unchanged"] is dbert.build_sampler().reuse_unchanged is True
     assert 0 < run.nfe <= 6 and run.report()["filter_on"] == dbert.filter_on
+    assert run.report()["unmask"] == "schedule" and "threshold" not in run.report()
+    policy = dbert.generate_run(4, seed=0, num_steps=6, unmask="threshold", threshold=0.5).report()
+    assert (policy["unmask"], policy["threshold"], policy["confidence"], policy["draw"]) == \
+        ("threshold", 0.5, "prob", "argmax")

@@ -29,6 +29,11 @@ def _expand(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(*v.shape, *([1] * (like.dim() - v.dim())))
 
 
+def _wide(t: Tensor) -> torch.dtype:
+    """float64 for the (B,) solver coefficients, float32 on MPS (no float64 there)."""
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
 def masked_mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     """Per-example mean of ``x`` (B, L, ...) over positions where ``mask`` (B, L) is True and over
     all trailing dims. Returns (B,)."""
@@ -232,6 +237,58 @@ class GaussianProcess(nn.Module):
             noise = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
         return mean + std * noise
 
+    # ----- DPM-Solver++(2M) -----
+    def half_log_snr(self, t: Tensor) -> Tensor:
+        """lambda_t = log(a_t / sigma_t), DPM-Solver's time variable, with this process's own (a, sigma) (``coefs``, so
+        F included), in float64 (float32 on MPS): (B,), -inf where a_t = 0 and +inf where sigma_t = 0 (t = 0)."""
+        a, sigma = (c.to(_wide(t)) for c in self.coefs(t))
+        return torch.log(a) - torch.log(sigma)
+
+    def dpm_solver_step(self, xt: Tensor, x0: Tensor, x0_prev: Optional[Tensor], t: Tensor, s: Tensor,
+                        t_prev: Optional[Tensor] = None, noise: Optional[Tensor] = None) -> Tensor:
+        """One deterministic step x_t -> x_s (s < t) of DPM-Solver++(2M), the multistep second-order solver of the
+        probability-flow ODE in its data-prediction form (Lu et al. 2022, "DPM-Solver++", Algorithm 2), with
+        lambda = log(a / sigma) of this process (``half_log_snr``).
+
+        Args:
+            xt: the state at t (B, L, D).
+            x0: the (hooked) x0 estimate at t (B, L, D).
+            x0_prev, t_prev: the x0 estimate of the previous step and its time (B,); None at the first step.
+            t, s: the current and the next time (B,).
+
+        The step is first order (DPM-Solver++1, which is DDIM with eta = 0 for the same (a, sigma)) at the first step
+        (no ``x0_prev``), into a time with sigma_s = 0 (lambda_s = +inf, e.g. the last step to t = 0: it returns
+        a_s * x0), and after a previous time with a = 0 (lambda = -inf); second order elsewhere. Returns (B, L, D).
+
+        ``noise`` (B, L, D) ~ N(0, I) makes it SDE-DPM-Solver++(2M), the same multistep correction on the reverse SDE
+        (diffusers' ``sde-dpmsolver++``, midpoint form): x_s = (sigma_s / sigma_t) e^{-h} x_t + a_s (1 - e^{-2h}) D
+        + sigma_s sqrt(1 - e^{-2h}) z, whose first-order step is DDPM's ancestral step with the posterior ("small")
+        variance, exactly.
+        """
+        wide = _wide(t)
+        _, sig_t = (c.to(wide) for c in self.coefs(t))
+        a_s, sig_s = (c.to(wide) for c in self.coefs(s))
+        lam_t = self.half_log_snr(t)
+        h = self.half_log_snr(s) - lam_t  # h_i = lambda_{t_i} - lambda_{t_{i-1}} (Algorithm 2)
+        phi = torch.expm1(-h)  # e^{-h_i} - 1; -1 when h_i = inf (sigma_s = 0)
+        ratio = sig_s / sig_t.clamp_min(1e-12)  # sigma_{t_i} / sigma_{t_{i-1}}
+        d = x0
+        if x0_prev is not None and t_prev is not None:
+            h_prev = lam_t - self.half_log_snr(t_prev)  # h_{i-1}
+            second = torch.isfinite(h) & torch.isfinite(h_prev) & (h_prev > 0)
+            # 1 / (2 r_i) with r_i = h_{i-1} / h_i; 0 (first order) where either step is infinite
+            c = torch.where(second, h / (2 * h_prev.where(second, torch.ones_like(h_prev))), torch.zeros_like(h))
+            # D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2} (Algorithm 2), written x0 + c (x0 - x0_prev)
+            d = x0 + _expand(c.to(x0.dtype), x0) * (x0 - x0_prev)
+        if noise is not None:  # SDE form: e^{-h} shrinks x_t's share, the rest is noise (phi2 = e^{-2h} - 1)
+            phi2 = torch.expm1(-2 * h)
+            keep = ratio * torch.exp(-h)
+            out = _expand(keep.to(xt.dtype), xt) * xt + _expand((-a_s * phi2).to(xt.dtype), xt) * d
+            return out + _expand((sig_s * (-phi2).clamp_min(0).sqrt()).to(xt.dtype), xt) * noise
+        # x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - a_{t_i} (e^{-h_i} - 1) D_i (Algorithm 2).
+        # With D_i = x0 it is DPM-Solver++1 (first order) = DDIM, eta = 0: a_s x0 + sigma_s (x_t - a_t x0) / sigma_t
+        return _expand(ratio.to(xt.dtype), xt) * xt + _expand((-a_s * phi).to(xt.dtype), xt) * d
+
     # ----- likelihood terms (nats) -----
     def kl_prior(self, x0: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """KL(q(x_1 | x0) || N(0, prior_std^2 I)), summed over dims and masked positions. (B,)."""
@@ -256,3 +313,29 @@ def gaussian_nll(x: Tensor, mean: Tensor, var: Tensor, mask: Optional[Tensor] = 
     var = var.expand_as(x) if var.dim() == x.dim() else _expand(var, x).expand_as(x)
     nll = 0.5 * (math.log(2 * math.pi) + torch.log(var.clamp_min(1e-20)) + (x - mean) ** 2 / var.clamp_min(1e-20))
     return masked_sum(nll, mask)
+
+
+SOLVERS = ("ddim", "dpmpp_2m", "sde_dpmpp_2m")
+
+
+def check_solver(solver: Optional[str], process: object, eta: float, variance: Optional[str] = None) -> Optional[str]:
+    """The sampler's ``solver`` setting, checked: None for the reverse step of ``GaussianProcess.reverse_step`` /
+    the absorbing process ("ddim" or None: DDIM with ``eta``/``variance``, today's path); "dpmpp_2m" (needs eta = 0)
+    or "sde_dpmpp_2m" (needs eta = 1) for ``GaussianProcess.dpm_solver_step``, Gaussian only. The ODE solver ignores
+    ``variance`` as DDIM does at eta = 0 (so a preset's ``variance: small`` may stay); the SDE one has the posterior
+    ("small") variance and rejects "large". Raises ValueError otherwise."""
+    if solver is None or solver == "ddim":
+        return None
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)} (or None = 'ddim')")
+    if not isinstance(process, GaussianProcess):
+        raise ValueError(f"solver={solver!r} applies to Gaussian processes only, got {type(process).__name__}")
+    if solver == "dpmpp_2m" and eta != 0:
+        raise ValueError(f"solver={solver!r} is a deterministic ODE solver and needs eta=0, got eta={eta}")
+    if solver == "sde_dpmpp_2m" and eta != 1:
+        raise ValueError(f"solver={solver!r} corrects the ancestral step (eta=1, posterior variance) and needs eta=1, "
+                         f"got eta={eta}")
+    if solver == "sde_dpmpp_2m" and variance == "large":
+        raise ValueError(f"solver={solver!r} steps with the posterior ('small') variance; "
+                         "variance='large' does not apply")
+    return solver

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from textdiff.core.absorbing import AbsorbingProcess
-from textdiff.core.gaussian import GaussianProcess
+from textdiff.core.gaussian import GaussianProcess, check_solver
 from textdiff.core.hooks import LogitFilter
 from textdiff.core.reveal_first import RevealFirst
+from textdiff.core.unmasking import ParallelUnmasking, check_options
 from textdiff.core.types import DenoiseFn, SampleOutput, StepHook, X0Hook
 
 __all__ = ["Process", "SampleOutput", "Sampler", "StepHook"]  # SampleOutput, StepHook: defined in core.types
@@ -37,6 +38,10 @@ class Sampler:
         spacing: time-grid rule ("uniform"; "ddim" for discrete schedules; "quadratic" for continuous).
         eta: 0 = deterministic DDIM, 1 = ancestral DDPM (absorbing: 1 = ancestral, 0 = most-confident-first).
         variance: Gaussian only: "small" (posterior) or "large" (beta_t; needs eta=1).
+        solver: Gaussian only: None or "ddim" = the reverse step above (with ``eta``, ``variance``); "dpmpp_2m" =
+            DPM-Solver++(2M) (``GaussianProcess.dpm_solver_step``), deterministic, for few steps (needs eta=0;
+            ignores ``variance``, as DDIM at eta=0 does); "sde_dpmpp_2m" = its SDE form, the ancestral step (eta=1,
+            posterior variance) with the same second-order correction. Its x0 hooks and step hooks run as for "ddim".
         hooks: x0 hooks ``(x0, t) -> x0`` applied at every step, before the reverse step.
         step_hooks: ``(x_s, s, t, x0, x_t) -> x_s`` applied after every reverse step.
         self_condition: pass the previous step's x0 estimate to ``denoise`` (None at the first step).
@@ -60,6 +65,16 @@ class Sampler:
             sequences/s at the DiffusionBERT preset. The same distribution by construction and by the tests of
             ``tests/core/test_reveal_first.py``, other random draws. Off by default: on a trained model its
             samples' self-BLEU was 1.5 +- 0.8 points below the reference's (20 seeds), not yet explained.
+        unmask: absorbing only: which [MASK] positions a step reveals (``textdiff.core.unmasking``). "schedule"
+            (default): the reverse step above (``eta``). "confidence": the n most confident, n from the schedule
+            (eta = 0's count; LLaDA's low-confidence remasking). "threshold": every position whose confidence
+            exceeds ``threshold``, at least one per sequence (Fast-dLLM). Both reveal all that is left at the
+            last step, stop a sequence once no [MASK] is left (K is a cap: ``nfe`` <= K) and ignore ``eta``.
+        confidence: "prob" (the chosen token's probability) or "margin" (top-1 minus top-2 probability).
+        threshold: tau in (0, 1) for ``unmask="threshold"``.
+        block_length: semi-autoregressive blocks of this many positions, left to right, each started once the
+            one before holds no [MASK], the K steps split evenly over them (LLaDA); None: one block.
+        draw: the token at a revealed position: "argmax" of x0 or "sample" from it (after ``posterior_filter``).
     """
 
     def __init__(
@@ -69,6 +84,7 @@ class Sampler:
         spacing: str = "uniform",
         eta: float = 0.0,
         variance: Optional[str] = None,
+        solver: Optional[str] = None,
         hooks: Sequence[X0Hook] = (),
         step_hooks: Sequence[StepHook] = (),
         self_condition: bool = False,
@@ -76,6 +92,11 @@ class Sampler:
         reuse_unchanged: bool = False,
         reveal_first: bool = True,
         closed_form_posterior: bool = False,
+        unmask: str = "schedule",
+        confidence: str = "prob",
+        threshold: float = 0.9,
+        block_length: Optional[int] = None,
+        draw: str = "argmax",
     ) -> None:
         if not isinstance(process, (GaussianProcess, AbsorbingProcess)):
             raise TypeError(f"process must be a GaussianProcess or AbsorbingProcess, got {type(process).__name__}")
@@ -88,10 +109,14 @@ class Sampler:
         self.process = process.for_sampling()
         self.num_steps, self.spacing, self.eta = int(num_steps), spacing, float(eta)
         self.variance = variance
+        self.solver = check_solver(solver, process, self.eta, variance)  # None: the reverse step
         self.hooks, self.step_hooks = list(hooks), list(step_hooks)
         self.self_condition, self.early_stop = bool(self_condition), int(early_stop)
         self.reuse_unchanged, self.reveal_first = bool(reuse_unchanged), bool(reveal_first)
         self.closed_form_posterior = bool(closed_form_posterior)
+        self.unmask, self.confidence, self.threshold, self.draw = unmask, confidence, float(threshold), draw
+        self.block_length = None if block_length is None else int(block_length)
+        check_options(self)  # textdiff.core.unmasking
         self.timesteps()  # validate num_steps/spacing against the schedule now, not mid-run
 
     def timesteps(self) -> Tensor:
@@ -126,7 +151,8 @@ class Sampler:
             progress: called as ``progress(step, total)`` after each step.
             posterior_filter: absorbing only: a logit filter on the joint reverse posterior of each
                 masked position (``AbsorbingProcess.reverse_step``; DiffusionBERT's official temperature
-                and top-k), instead of on the x0 estimate.
+                and top-k), instead of on the x0 estimate. With ``unmask`` "confidence" or "threshold" it
+                filters x0 at the masked positions for the token choice only (not a joint posterior).
         """
         proc = self.process
         if posterior_filter is not None and not isinstance(proc, AbsorbingProcess):
@@ -143,6 +169,9 @@ class Sampler:
         step_kw: dict = {"variance": self.variance} if self.variance is not None else {}
         if posterior_filter is not None:
             step_kw["posterior_filter"] = posterior_filter
+        if self.unmask != "schedule":  # a parallel-decoding policy (textdiff.core.unmasking)
+            run = ParallelUnmasking(self, x0_hooks, s_hooks, posterior_filter, generator)
+            return run.sample(denoise, x, keep_trajectory=keep_trajectory, progress=progress)
         mode = self._reveal_first_mode(x0_hooks, posterior_filter)
         if mode is not None:
             run = RevealFirst(self, mode, x0_hooks, s_hooks, posterior_filter, generator)
@@ -151,6 +180,7 @@ class Sampler:
         traj = [x.detach().cpu()] if keep_trajectory else None
         x0_traj: Optional[list[Tensor]] = [] if keep_trajectory else None
         x0 = prev_in = out = None
+        x0_prev = t_prev = None  # solver="dpmpp_2m": the previous step's (hooked) x0 estimate and time
         reuse_x0 = self.reuse_unchanged and all(getattr(h, "time_invariant", False) for h in x0_hooks)
         nfe, row_evals, n_run = 0, 0, self.num_steps - self.early_stop
         for k in range(n_run):
@@ -180,7 +210,13 @@ class Sampler:
                 x0 = proc.to_x0(out, x, t)
                 for hook in x0_hooks:
                     x0 = hook(x0, t)
-            x_t, x = x, proc.reverse_step(x, x0, t, s, eta=self.eta, generator=generator, **step_kw)
+            if self.solver is None:
+                x_t, x = x, proc.reverse_step(x, x0, t, s, eta=self.eta, generator=generator, **step_kw)
+            else:  # DPM-Solver++(2M) on the hooked x0 estimates of this step and the last
+                noise = None if self.solver == "dpmpp_2m" else \
+                    torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x_t, x = x, proc.dpm_solver_step(x, x0, x0_prev, t, s, t_prev, noise=noise)
+                x0_prev, t_prev = x0, t
             for hook in s_hooks:
                 x = hook(x, s, t, x0, x_t)
             if keep_trajectory:

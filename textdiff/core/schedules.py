@@ -67,16 +67,18 @@ class NoiseSchedule(nn.Module, ABC):
     def sampling_times(self, num_steps: int, spacing: str = "uniform") -> Tensor:
         """The ``num_steps + 1`` times a sampler visits, from 1 down to 0. Shape (num_steps + 1,).
 
-        ``spacing``: "uniform" (evenly spaced in t) or "quadratic" (denser near t = 0).
+        ``spacing``: "uniform" (evenly spaced in t), "even" (K equal strides from t = 1 to 0: the absorbing
+        samplers' name, ``DiscreteSchedule``'s "even"; on a continuous schedule the same grid as "uniform") or
+        "quadratic" (denser near t = 0).
         """
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-        if spacing == "uniform":
+        if spacing in ("uniform", "even"):
             return u
         if spacing == "quadratic":
             return u**2
-        raise ValueError(f"unknown spacing {spacing!r} for a continuous schedule; use 'uniform' or 'quadratic'")
+        raise ValueError(f"unknown spacing {spacing!r} for a continuous schedule; use 'uniform', 'even' or 'quadratic'")
 
 
 def _clamp01(x: Tensor) -> Tensor:

@@ -54,7 +54,12 @@ class SamplingRun:
                                          "variance": s.variance, "early_stop": s.early_stop}
         if s is not None and isinstance(s.process, AbsorbingProcess):
             settings.update(reuse_unchanged=s.reuse_unchanged, reveal_first=s.reveal_first,
-                            closed_form_posterior=s.closed_form_posterior)
+                            closed_form_posterior=s.closed_form_posterior, unmask=s.unmask)
+            if s.unmask != "schedule":  # a parallel-decoding policy (textdiff.core.unmasking)
+                settings.update(confidence=s.confidence, block_length=s.block_length, draw=s.draw,
+                                **({"threshold": s.threshold} if s.unmask == "threshold" else {}))
+        elif s is not None:
+            settings["solver"] = s.solver or "ddim"
         return {**settings, **({"nfe_per_sequence": round(self.nfe, 3)} if self.nfe is not None else {}),
                 **self.details}
 
