@@ -1,5 +1,6 @@
 """Autoregressive baseline: the loss, memorising pairs, beam search against greedy and brute force,
-teacher-forced scores by hand, seeded sampling, usage errors and a Lightning checkpoint round trip."""
+teacher-forced scores by hand, seeded sampling, usage errors and a Lightning checkpoint round trip; decoding
+with the key/value cache against the recomputing reference path (same ids), and min_len."""
 import itertools
 
 import pytest
@@ -218,3 +219,75 @@ def test_lightning_checkpoint_reloads_with_the_same_beam_output(tmp_path):
     assert torch.equal(a, reloaded.generate(SRC, SRC_MASK, beam_size=3))
     torch.testing.assert_close(model.score(TGT, TGT_MASK, SRC, SRC_MASK)["logprob"],
                                reloaded.score(TGT, TGT_MASK, SRC, SRC_MASK)["logprob"])
+
+
+# ----- the key/value cache: same outputs as recomputing every prefix -----
+def random_model(enc_depth=2, norm_first=False, activation="relu", seed=0, vocab=40, max_len=14):
+    """A seeded random network, two layers each side, with a peaky untied output projection: a random tied one
+    mostly repeats its input token and never ends; this one emits EOS at various lengths."""
+    torch.manual_seed(seed)
+    net = ARTransformer(vocab, dim=32, enc_depth=enc_depth, dec_depth=2, heads=4, ffn_dim=64, max_len=max_len,
+                        max_src_len=12, dropout=0.1, norm_first=norm_first, activation=activation,
+                        tie_embeddings=False)
+    with torch.no_grad():
+        net.out_proj.weight.mul_(8.0)
+    return Autoregressive(net, PAD, BOS, EOS)
+
+
+def random_sources(rows=6, width=9, vocab=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, width - 1, (rows,), generator=gen)
+    return frame([torch.randint(3, vocab, (int(n),), generator=gen).tolist() for n in lengths], width)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("beam", [1, 4])
+def test_cached_beam_search_gives_the_uncached_ids(norm_first, activation, beam):
+    lengths = set()
+    for seed in range(3):
+        model = random_model(norm_first=norm_first, activation=activation, seed=seed)
+        src, src_mask = random_sources(seed=seed)
+        cached, s1 = model.generate(src, src_mask, beam_size=beam, return_scores=True)
+        ref, s2 = model.generate(src, src_mask, beam_size=beam, return_scores=True, use_cache=False)
+        assert torch.equal(cached, ref), (seed, cached, ref)
+        torch.testing.assert_close(s1, s2, rtol=0, atol=1e-4)
+        lengths |= set((ref != PAD).sum(1).tolist())
+    assert len(lengths) > 1  # not all hypotheses run to the cap: EOS decisions are compared too
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_cached_sampling_gives_the_uncached_samples(norm_first, activation):
+    lengths = set()
+    for seed in (0, 1):
+        lm = random_model(enc_depth=0, norm_first=norm_first, activation=activation, seed=seed)
+        for kw in ({"temperature": 1.0}, {"top_k": 5}, {"top_p": 0.9, "temperature": 0.7}, {"top_k": 1}):
+            a = lm.generate(9, seed=3, batch_size=4, **kw)
+            b = lm.generate(9, seed=3, batch_size=4, use_cache=False, **kw)
+            assert torch.equal(a, b), (seed, kw)
+            lengths |= set((a != PAD).sum(1).tolist())
+    assert len(lengths) > 1  # rows of several lengths: EOS draws are compared too
+
+
+def test_cached_decoding_in_generate_run_and_the_reported_settings():
+    model = random_model(seed=2)
+    src, src_mask = random_sources(seed=2)
+    run = model.generate_run(src, src_mask, beam_size=3, use_cache=False)
+    assert run.details == {"beam_size": 3, "use_cache": False}
+    assert torch.equal(run.ids, model.generate_run(src, src_mask, beam_size=3).ids)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_min_len_bans_eos_before_it(use_cache):
+    model = random_model(seed=1)
+    src, src_mask = random_sources(seed=1)
+    free = model.generate(src, src_mask, beam_size=2, max_len=12, use_cache=use_cache)
+    assert ((free != PAD).sum(1) < 12).any()
+    for beam in (1, 3):
+        out = model.generate(src, src_mask, beam_size=beam, max_len=12, min_len=12, use_cache=use_cache)
+        assert out.shape == (6, 12) and torch.all(out[:, -1] == EOS) and not torch.any(out[:, 1:-1] == EOS)
+        out = model.generate(src, src_mask, beam_size=beam, max_len=12, min_len=7, use_cache=use_cache)
+        assert torch.all((out != PAD).sum(1) >= 7)
+    with pytest.raises(ValueError, match="min_len=13"):
+        model.generate(src, src_mask, max_len=12, min_len=13)

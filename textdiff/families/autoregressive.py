@@ -14,9 +14,12 @@ its network has an encoder, and a language model (``generate(num_samples, ...)``
 sampling) when ``enc_depth == 0``. Its exact likelihood, log p(y|x) = sum_i log p(y_i | y_<i, x),
 serves reranking (``score``) and perplexity (``nll_bound``, which is exact here, not a bound).
 
-Decoding recomputes the whole prefix at every step (no key/value cache): a sequence of length L
-costs L decoder passes over prefixes of length 1..L, i.e. O(L^2) token positions instead of O(L).
-That is simple and obviously correct; at the lengths used here (<= 64 tokens) it is affordable.
+Decoding (beam search, greedy = beam 1, ancestral sampling) uses a key/value cache by default
+(``ARTransformer.start_cache`` / ``decode_step``): each step feeds only the newest token, attending to the
+cached keys/values of the earlier positions (and of the source, computed once), so a sequence of length L
+costs L single-position decoder passes. ``use_cache=False`` keeps the reference path, which recomputes the
+whole prefix at every step (L passes over prefixes of length 1..L, O(L^2) token positions); both give the
+same ids up to float rounding of the logits.
 """
 from __future__ import annotations
 
@@ -186,10 +189,11 @@ class Autoregressive(TextModule):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """Generate token ids; the signature follows the model kind (``self.conditional``):
 
-        - conditional: ``generate(src_ids, src_mask, *, beam_size=None, max_len=None,
-          length_penalty=None, seed=None, return_scores=False, **ignored)`` -> ``beam_search``;
+        - conditional: ``generate(src_ids, src_mask, *, beam_size=None, max_len=None, min_len=None,
+          length_penalty=None, seed=None, return_scores=False, use_cache=True, **ignored)`` -> ``beam_search``
+          (src_ids, src_mask (B, S));
         - unconditional: ``generate(num_samples, seq_len=None, *, seed=None, batch_size=256,
-          temperature=1.0, top_k=None, top_p=None, **ignored)`` -> ``sample``.
+          temperature=1.0, top_k=None, top_p=None, use_cache=True, **ignored)`` -> ``sample``.
 
         Returns (B, L) long ids: BOS, the tokens, EOS where one was produced, then PAD.
         Raises a ValueError naming the right call when the arguments fit the other kind.
@@ -212,7 +216,8 @@ class Autoregressive(TextModule):
             raise ValueError("generate_run returns the ids only; call beam_search(..., return_scores=True) for scores")
         start = time.perf_counter()
         ids = self.generate(*args, **kwargs)
-        settings = ("beam_size", "length_penalty", "max_len") if self.conditional else ("temperature", "top_k", "top_p")
+        settings = (("beam_size", "length_penalty", "max_len", "min_len", "use_cache") if self.conditional
+                    else ("temperature", "top_k", "top_p", "use_cache"))
         return SamplingRun(ids, seconds=time.perf_counter() - start,
                            details={k: kwargs[k] for k in settings if kwargs.get(k) is not None})
 
@@ -220,25 +225,37 @@ class Autoregressive(TextModule):
         """log p(next token | prefix) for prefixes (N, t), recomputed from scratch: (N, V) float."""
         return self.network.decode(tokens, memory, memory_mask, last_only=True)[:, -1].float().log_softmax(-1)
 
+    def _cached_logprobs(self, tokens: Tensor, cache: Any) -> Tensor:
+        """log p(next token | prefix) for prefixes (N, t) whose first t - 1 positions are in ``cache`` (a
+        ``DecodeCache``, advanced by one position): (N, V) float."""
+        return self.network.decode_step(tokens[:, -1], cache).float().log_softmax(-1)
+
     @torch.no_grad()
     def beam_search(self, src_ids: Tensor, src_mask: Optional[Tensor] = None, *, beam_size: Optional[int] = None,
-                    max_len: Optional[int] = None, length_penalty: Optional[float] = None,
-                    seed: Optional[int] = None, return_scores: bool = False, **ignored: Any) -> Any:
+                    max_len: Optional[int] = None, min_len: Optional[int] = None,
+                    length_penalty: Optional[float] = None, seed: Optional[int] = None, return_scores: bool = False,
+                    use_cache: bool = True, **ignored: Any) -> Any:
         """Batched beam search (fairseq's ``SequenceGenerator``), all sources and beams in one batch.
 
         At each step every live beam is extended by every token (PAD and BOS excluded); the best 2K
         candidates by summed log-prob are kept. A candidate ending in EOS among the top K is finished
         with score sum log p / n**length_penalty (n = generated tokens, EOS included; BOS not); the
         first K candidates that do not end in EOS continue. A source is done when it has K finished
-        hypotheses; at ``max_len`` EOS is forced. The best finished hypothesis by score is returned.
+        hypotheses; at ``max_len`` EOS is forced (and before ``min_len`` banned). The best finished hypothesis
+        by score is returned.
 
         Args:
             src_ids: (B, S) long source. src_mask: (B, S) bool, True on real tokens (None: src_ids != PAD).
             beam_size: K (default: the model's); 1 is greedy decoding.
             max_len: output length cap, BOS and EOS included (default: the model's ``max_len``).
+            min_len: shortest output, BOS and EOS included (fairseq's ``--min-len``): EOS is banned at the
+                positions before min_len - 1 (default: no minimum; ``min_len == max_len`` decodes exactly
+                max_len positions, as benchmarks need).
             length_penalty: alpha (default: the model's).
             seed: accepted for a uniform interface; beam search is deterministic.
             return_scores: also return the chosen hypotheses' length-normalised scores (B,).
+            use_cache: decode incrementally with the network's key/value cache (default); False recomputes
+                every prefix at every step (the reference path; same ids up to float rounding).
 
         Returns:
             (B, L) long ids: BOS, tokens, EOS, then PAD (L = the longest hypothesis); with
@@ -246,20 +263,31 @@ class Autoregressive(TextModule):
         """
         K = self._check_beam(beam_size if beam_size is not None else self.beam_size)
         L = self._check_len(max_len if max_len is not None else self.max_len, "max_len")
+        shortest = 2 if min_len is None else int(min_len)
+        if not 2 <= shortest <= L:
+            raise ValueError(f"min_len={min_len} must be in [2, max_len={L}] (BOS and EOS included)")
         alpha = float(length_penalty if length_penalty is not None else self.length_penalty)
         src_ids, src_mask = self._source(src_ids, src_mask, "generate")
         with self.sampling():
             B, V, dev = src_ids.shape[0], self.vocab_size, src_ids.device
-            memory = self.network.encode(src_ids, src_mask).repeat_interleave(K, 0)  # (B*K, S, d)
-            memory_mask = src_mask.repeat_interleave(K, 0)
+            memory, memory_mask, cache = self.network.encode(src_ids, src_mask), src_mask, None
+            if use_cache:  # the source's cross-attention keys/values once per source, shared by its K beams
+                cache = self.network.start_cache(memory, memory_mask, beams=K, max_len=L)
+            else:
+                memory, memory_mask = memory.repeat_interleave(K, 0), memory_mask.repeat_interleave(K, 0)  # (B*K, S)
             tokens = torch.full((B * K, 1), self.bos_id, dtype=torch.long, device=dev)
             cum = torch.full((B, K), NEG_INF, device=dev)
             cum[:, 0] = 0.0  # one live beam at the start, so the first step picks K distinct tokens
             finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
             width = min(2 * K, K * V)
             for step in range(1, L):  # choose the token at position `step` (= number generated so far)
-                logp = self._next_logprobs(tokens, memory, memory_mask)  # (B*K, V)
+                if cache is not None:
+                    logp = self._cached_logprobs(tokens, cache)  # (B*K, V)
+                else:
+                    logp = self._next_logprobs(tokens, memory, memory_mask)
                 logp[:, [self.pad_id, self.bos_id]] = NEG_INF
+                if step + 1 < shortest:  # EOS here would end the output before min_len
+                    logp[:, self.eos_id] = NEG_INF
                 if step == L - 1:  # last position: only EOS (fairseq forces EOS at the length cap)
                     eos_logp = logp[:, self.eos_id].clone()
                     logp.fill_(NEG_INF)[:, self.eos_id] = eos_logp
@@ -280,6 +308,8 @@ class Autoregressive(TextModule):
                 cum = top.gather(1, order).masked_fill(is_eos.gather(1, order), NEG_INF)
                 rows = (torch.arange(B, device=dev).unsqueeze(1) * K + beam.gather(1, order)).view(-1)
                 tokens = torch.cat([tokens[rows], tok.gather(1, order).view(-1, 1)], dim=1)
+                if cache is not None and K > 1:  # (K = 1: every row keeps its own single beam)
+                    cache.reorder(rows)
         best = [max(f, key=lambda h: h[0]) for f in finished]  # max keeps the first of equal scores
         out = torch.full((B, 1 + max(len(h[1]) for h in best)), self.pad_id, dtype=torch.long, device=dev)
         out[:, 0] = self.bos_id
@@ -292,7 +322,7 @@ class Autoregressive(TextModule):
     @torch.no_grad()
     def sample(self, num_samples: int, seq_len: Optional[int] = None, *, seed: Optional[int] = None,
                batch_size: int = 256, temperature: float = 1.0, top_k: Optional[int] = None,
-               top_p: Optional[float] = None, **ignored: Any) -> Tensor:
+               top_p: Optional[float] = None, use_cache: bool = True, **ignored: Any) -> Tensor:
         """Ancestral sampling of a language model: from BOS, draw y_i ~ p(. | y_<i) (PAD and BOS
         banned; temperature / top-k / top-p through ``LogitFilter``) until EOS or ``seq_len``.
 
@@ -303,6 +333,8 @@ class Autoregressive(TextModule):
             seed: seeds a torch.Generator (same seed and batch_size, same samples).
             batch_size: sequences decoded together.
             temperature, top_k, top_p: see ``LogitFilter``.
+            use_cache: decode incrementally with the network's key/value cache (default); False recomputes
+                every prefix at every step (the reference path; same samples up to float rounding).
 
         Returns:
             (N, L) long ids: BOS, tokens, EOS, then PAD.
@@ -321,8 +353,11 @@ class Autoregressive(TextModule):
             for start, n in self.batches(num_samples, batch_size):
                 tokens = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
                 alive = torch.ones(n, dtype=torch.bool, device=self.device)
+                cache = self.network.start_cache(batch=n, max_len=L) if use_cache else None
                 for _ in range(1, L):
-                    logp = filt(self._next_logprobs(tokens, None, None).unsqueeze(1), no_t).squeeze(1)  # (n, V)
+                    logp = (self._cached_logprobs(tokens, cache) if cache is not None
+                            else self._next_logprobs(tokens, None, None))
+                    logp = filt(logp.unsqueeze(1), no_t).squeeze(1)  # (n, V)
                     nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
                     nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_id))
                     tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
