@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from textdiff.cli.common import CONF_DIR, ConfigError, build, build_datamodule, register_resolvers
 
@@ -102,10 +102,14 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
                             **{f"{s}_path": str(shared_data / "e2e" / f"{s}.jsonl")
                                for s in ("train", "valid", "test")})
     hub_bert = isinstance(OmegaConf.select(cfg, "model.network.bert"), str)
-    if hub_bert:  # a hub-named preset: the same loading path, from local directories
+    tok = OmegaConf.select(cfg, "data.tokenizer")
+    hub_tok = ((isinstance(tok, str) and not Path(tok).exists())  # a hub name, or an HFTokenizer of one (MDLM's OWT)
+               or (isinstance(tok, DictConfig) and str(tok.get("_target_", "")).endswith("HFTokenizer")))
+    if hub_bert or hub_tok:  # a hub-named preset: the same loading path, from local directories
         with open_dict(cfg):
             cfg.data.tokenizer = str(local_bert / "tokenizer")
-            cfg.model.network.bert = str(local_bert / "model")
+            if hub_bert:
+                cfg.model.network.bert = str(local_bert / "model")
     if OmegaConf.select(cfg, "data.hf_dataset") and OmegaConf.select(cfg, "data.src_field"):
         with open_dict(cfg):  # a hub-named seq2seq preset: the same datamodule on local Multi30k files
             cfg.data.update(hf_dataset=None, hf_config=None, src_field=None, tgt_field=None, src_suffix="de",
@@ -120,7 +124,8 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
             cfg.model.network.update(dim=32, enc_depth=min(1, cfg.model.network.enc_depth), dec_depth=1, heads=2,
                                      ffn_dim=64)
         if "bert" in cfg.model.get("network", {}) and not hub_bert:  # DiffusionBERT
-            cfg.model.network.bert.update(TINY_BERT)
+            cfg.model.network.bert.update(TINY_BERT, max_position_embeddings=max(  # MDLM's OWT: max_len 1024
+                TINY_BERT["max_position_embeddings"], int(cfg.data.max_len) + 1))
     model = build(cfg, "model")
     vocab = model.vocab_size if hasattr(model, "vocab_size") else model.network.vocab_size
     assert vocab == dm.vocab_size
@@ -211,8 +216,8 @@ def test_difformer_variants_build(variant, shared_data, tmp_path):
 
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 @pytest.mark.parametrize("table,families", [
-    ("tatoeba", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG"}),
-    ("e2e", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "Difformer"}),
+    ("tatoeba", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "MDLM"}),
+    ("e2e", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "Difformer", "MDLM"}),
 ])
 def test_comparison_entrants_share_one_budget(table, families, scale):
     """Every entrant of a cross-family comparison table trains and is scored under the same budget: data,

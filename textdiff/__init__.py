@@ -43,6 +43,7 @@ _EXPORTS = {
     "Autoregressive": "textdiff.families.autoregressive",
     "DiffusionLM": "textdiff.families.diffusion_lm",
     "DiffusionBERT": "textdiff.families.diffusion_bert",
+    "MDLM": "textdiff.families.mdlm",
     "SamplingRun": "textdiff.families.interface",
     # data
     "TextDataModule": "textdiff.data.datamodule",

@@ -1,5 +1,5 @@
 """One LightningModule per paper; each composes the shared core. Importing this loads Lightning
-(DiffusionBERT and the LD4LG stages, which need transformers, load on first use)."""
+(DiffusionBERT, MDLM and the LD4LG stages, which need transformers, load on first use)."""
 from typing import Any
 
 from textdiff.families.autoregressive import Autoregressive
@@ -10,7 +10,7 @@ from textdiff.families.diffusion_lm import DiffusionLM
 from textdiff.families.interface import SamplingRun
 
 __all__ = ["EMA", "Autoregressive", "BartDenoiser", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule",
-           "LD4LG", "LatentAutoencoder", "NoisyClassifier", "SamplingRun", "TextClassifier", "TextModule"]
+           "LD4LG", "LatentAutoencoder", "MDLM", "NoisyClassifier", "SamplingRun", "TextClassifier", "TextModule"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,6 +18,10 @@ def __getattr__(name: str) -> Any:
         from textdiff.families.diffusion_bert import DiffusionBERT
 
         return DiffusionBERT
+    if name == "MDLM":
+        from textdiff.families.mdlm import MDLM
+
+        return MDLM
     if name == "NoisyClassifier":
         from textdiff.families.control import NoisyClassifier
 
