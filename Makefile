@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install test test-slow test-all test-presets quickstart bench train sweep lint clean
+.PHONY: help install test test-slow test-all test-presets quickstart bench bench-curves train sweep lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,9 @@ quickstart: install  ## train a small Diffusion-LM on CPU, sample, print scores 
 
 bench: install  ## speed and memory benchmarks -> benchmarks/results/*.json
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-curves: install  ## quality vs speed of a trained run: CURVES_ARGS="--run-dir DIR --name NAME [--ar-run DIR]"
+	$(BIN)/python -m benchmarks.curves $(CURVES_ARGS)
 
 train: install  ## textdiff-train with ARGS="experiment=... key=value ..."
 	$(BIN)/textdiff-train $(ARGS)

@@ -1,0 +1,31 @@
+"""``benchmarks.curves`` (quality against speed of a trained run) end to end with ``--quick`` on saved runs of toy
+models: every point has a quality, a speed and its network evaluations; the JSON and the PNG are written."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import curves
+from tests.cli.test_runs import _saved_run
+
+TINY_BERT = "model.network.bert={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
+
+
+@pytest.mark.parametrize("overrides, curve_names", [
+    ((), {"ancestral (preset)", "DDIM", "DPM-Solver++(2M)", "SDE-DPM-Solver++(2M)"}),
+    (("model=diffusion_bert", "sampler=absorbing", "schedule=mutual", "+data.tokenizer.add_mask_token=true",
+      TINY_BERT), {"ancestral (preset)", "confidence (prob)", "confidence (margin)", "threshold"}),
+])
+def test_quick_curves_of_a_saved_run(tmp_path, one_thread, overrides, curve_names):
+    run_dir, _ = _saved_run(tmp_path, list(overrides))
+    result = curves.main(["--run-dir", str(run_dir), "--name", "toy", "--quick", "--out", str(tmp_path / "out"),
+                          "--latency", "2"])
+    path = tmp_path / "out" / "curves_toy_cpu_quick.json"
+    assert json.loads(path.read_text())["points"] == json.loads(json.dumps(result["points"]))
+    assert path.with_suffix(".png").stat().st_size > 1000
+    assert {p["curve"] for p in result["points"]} == curve_names
+    for p in result["points"]:
+        assert p["sentences_per_second"] > 0 and p["nfe_per_sequence"] > 0 and "bleu" in p["quality"]
+        assert p["nfe_per_sequence"] <= p["sampler"]["num_steps"]
+    assert len(result["latency_batch1"]) == 3 and all(r["seconds_per_sentence"] > 0 for r in result["latency_batch1"])
