@@ -89,3 +89,37 @@ def test_ema_keeps_buffers_live_through_validation_checkpoints_and_the_end_of_fi
     assert 0 < float(model.w) < 1  # averaged, not the raw weight
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     assert float(torch.load(tmp_path / "m.ckpt", weights_only=False)["state_dict"]["stat"]) == 7.0
+
+
+class _SetupSizedModule(_StatefulModule):
+    """A buffer that ``setup`` gives its shape (as DiffusionBERT's length histogram and spindle weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("hist", torch.zeros(0))
+
+    def setup(self, stage):
+        if self.hist.numel() == 0:
+            self.hist = torch.arange(5.0)
+
+
+def test_ema_takes_the_buffers_that_setup_sized(tmp_path):
+    """The averaged copy is made before the module's setup: validation swaps and resuming from a checkpoint used to
+    fail on the shapes of buffers that setup fills (DiffusionBERT with ema_decay crashed at its first validation)."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader([{"ids": torch.zeros(3, dtype=torch.long)} for _ in range(8)], batch_size=2)
+
+    def trainer(steps):
+        return pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, val_check_interval=2, limit_val_batches=1,
+                          num_sanity_val_steps=0, default_root_dir=tmp_path, enable_checkpointing=False)
+
+    model = _SetupSizedModule()
+    first = trainer(4)
+    first.fit(model, loader, loader)
+    assert torch.equal(model.hist, torch.arange(5.0)) and model.seen_in_validation
+    first.save_checkpoint(tmp_path / "m.ckpt")
+    resumed = _SetupSizedModule()
+    trainer(6).fit(resumed, loader, loader, ckpt_path=str(tmp_path / "m.ckpt"))
+    assert torch.equal(resumed.hist, torch.arange(5.0)) and 0 < float(resumed.w) < 1

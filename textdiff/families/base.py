@@ -58,6 +58,24 @@ class EMA(WeightAveraging):
         super().__init__(use_buffers=False, avg_fn=ema_avg_fn(decay, warmup))
         self.decay = decay
 
+    def take_buffers(self, pl_module: pl.LightningModule) -> None:
+        """The averaged copy is made in the callbacks' ``setup``, before the module's own ``setup`` has filled its
+        corpus buffers (DiffusionBERT's length histogram and spindle weights): give it the module's buffers where
+        their shapes differ, or swapping the weights for validation (and loading a checkpoint) fails on them.
+        Buffers are not averaged (``use_buffers=False``)."""
+        if self._average_model is not None:
+            for avg, cur in zip(self._average_model.module.buffers(), pl_module.buffers()):
+                if avg.shape != cur.shape:
+                    avg.data = cur.data.detach().clone().to(avg.device)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.take_buffers(pl_module)
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.take_buffers(pl_module)
+
 
 class TextModule(pl.LightningModule):
     """What every trainable model of the library shares, diffusion or not (the autoregressive
