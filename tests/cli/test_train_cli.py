@@ -132,3 +132,16 @@ def test_difformer_translates_the_test_split_and_sample_reloads_it(shared_data, 
     assert m["num_examples"] == 12 and m["generate"]["select"] == "mbr" and m["generate"]["candidates"] == 2
     out = _run("sample", [f"run_dir={run_dir}", "num_samples=4", f"reranker={run_dir}", "suffix=_bad"])
     assert out.returncode != 0 and "score" in out.stderr + out.stdout  # a Difformer run cannot rerank
+
+
+def test_a_sampler_override_that_does_not_fit_is_named(tmp_path):
+    """textdiff-sample with sampler.* overrides the model's sampler rejects (the ODE solver on an ancestral preset,
+    a policy on a Gaussian model) stops with one line naming the overrides, before sampling, not a traceback."""
+    from tests.cli.test_runs import _saved_run
+
+    run_dir, _ = _saved_run(tmp_path, ["sampler=ddpm"])
+    for bad, said in ((["sampler.solver=dpmpp_2m"], "needs eta=0"),
+                      (["sampler.unmask=threshold"], "absorbing processes only")):
+        out = _run("sample", [f"run_dir={run_dir}", "ckpt=last", "num_samples=2", *bad])
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"textdiff-sample: {bad[0]}" in out.stderr and said in out.stderr, out.stderr[-2000:]

@@ -36,12 +36,17 @@ def _or_run(cfg: DictConfig, run_cfg: DictConfig, key: str, default: int) -> int
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Run the sampling job described by a ``sample.yaml`` config; returns the metrics."""
-    from textdiff.run.evaluation import evaluate, format_metrics, score_with_judges, write_outputs
+    from textdiff.run.evaluation import evaluate, format_metrics, sampler_of, score_with_judges, write_outputs
 
     configure_logging()
     run_dir = Path(cfg.run_dir)
     model, dm, run_cfg, path = load_run(run_dir, cfg.ckpt, resolve_device(cfg.device))
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
+    try:  # a sampler.* override that does not fit the model fails here, named, before anything is drawn
+        sampler_of(model, overrides)
+    except (TypeError, ValueError) as err:
+        given = " ".join(f"sampler.{k}={v}" for k, v in overrides.items())
+        raise ConfigError(f"{given}: {err}") from None
     extra = {"clamp": bool(cfg.clamp)} if cfg.get("clamp") is not None else {}
     if cfg.get("infill"):
         return infill(cfg, model, dm, run_dir, path, {**overrides, **extra})
