@@ -266,10 +266,10 @@ class GaussianProcess(nn.Module):
         variance, exactly.
         """
         wide = _wide(t)
-        _, sig_t = (c.to(wide) for c in self.coefs(t))
+        a_t, sig_t = (c.to(wide) for c in self.coefs(t))
         a_s, sig_s = (c.to(wide) for c in self.coefs(s))
-        lam_t = self.half_log_snr(t)
-        h = self.half_log_snr(s) - lam_t  # h_i = lambda_{t_i} - lambda_{t_{i-1}} (Algorithm 2)
+        lam_t = torch.log(a_t) - torch.log(sig_t)  # half_log_snr(t), from the coefficients already at hand
+        h = torch.log(a_s) - torch.log(sig_s) - lam_t  # h_i = lambda_{t_i} - lambda_{t_{i-1}} (Algorithm 2)
         phi = torch.expm1(-h)  # e^{-h_i} - 1; -1 when h_i = inf (sigma_s = 0)
         ratio = sig_s / sig_t.clamp_min(1e-12)  # sigma_{t_i} / sigma_{t_{i-1}}
         d = x0

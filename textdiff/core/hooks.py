@@ -25,6 +25,14 @@ from torch import Tensor, nn
 EmbeddingSource = Union[Tensor, nn.Embedding, Callable[[], Tensor]]
 
 
+def apply_x0_hooks(x0: Tensor, t: Tensor, hooks: Sequence[Callable[[Tensor, Tensor], Tensor]]) -> Tensor:
+    """``x0`` after each hook in turn, ``hook(x0, t)``: (B, L, D) / (B, L, V) with t (B,), or gathered rows
+    (n, V) with t (n,) for ``rowwise`` hooks. Returns the same shape."""
+    for hook in hooks:
+        x0 = hook(x0, t)
+    return x0
+
+
 def _weight(source: EmbeddingSource) -> Tensor:
     if isinstance(source, nn.Embedding):
         return source.weight

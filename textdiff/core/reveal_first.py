@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from textdiff.core.hooks import LogitFilter
+from textdiff.core.hooks import LogitFilter, apply_x0_hooks
 from textdiff.core.types import DenoiseFn, SampleOutput, StepHook, X0Hook, _Deferred
 
 _ALL = "all"  # every sequence
@@ -72,11 +72,7 @@ class RevealFirst:
         """x0 log-probs after the hooks (n, V) from the network's logits (n, V) at flat positions ``flat``
         (n,) that hold [MASK]: the same values as ``hooks(to_x0(out, x, t))`` there. t: (B,)."""
         lp = self.proc.masked_x0(logits)
-        if self.hooks:
-            t_rows = t.index_select(0, flat // self.L)
-            for hook in self.hooks:
-                lp = hook(lp, t_rows)
-        return lp
+        return apply_x0_hooks(lp, t.index_select(0, flat // self.L), self.hooks) if self.hooks else lp
 
     def fast_argmax(self, logits: Tensor, flat: Tensor, t: Tensor) -> Tensor:
         """argmax of ``x0_rows(logits, flat, t)`` (n,) when every x0 hook is a ``LogitFilter``, without
@@ -105,10 +101,7 @@ class RevealFirst:
 
     def full_x0(self, x: Tensor, t: Tensor) -> Tensor:
         """The reference step's x0 estimate (B, L, V): ``hooks(to_x0(out, x, t))``."""
-        x0 = self.proc.to_x0(self.out, x, t)
-        for hook in self.hooks:
-            x0 = hook(x0, t)
-        return x0
+        return apply_x0_hooks(self.proc.to_x0(self.out, x, t), t, self.hooks)
 
     def argmax_state(self, x: Tensor, rows: object = _ALL) -> Tensor:
         """argmax x0 of the reference step (B, L) (or of ``rows`` (R, L)): the cached argmax at masked

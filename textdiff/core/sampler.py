@@ -17,7 +17,7 @@ from torch import Tensor
 
 from textdiff.core.absorbing import AbsorbingProcess
 from textdiff.core.gaussian import GaussianProcess, check_solver
-from textdiff.core.hooks import LogitFilter
+from textdiff.core.hooks import LogitFilter, apply_x0_hooks
 from textdiff.core.reveal_first import RevealFirst
 from textdiff.core.unmasking import ParallelUnmasking, check_options
 from textdiff.core.types import DenoiseFn, SampleOutput, StepHook, X0Hook
@@ -201,15 +201,11 @@ class Sampler:
                     prev_in = x.clone()
             if rows is not None and reuse_x0:  # to_x0 and the hooks ignore t: unchanged rows keep their x0
                 if rows.numel():
-                    sub = proc.to_x0(out[rows], x[rows], t[rows])
-                    for hook in x0_hooks:
-                        sub = hook(sub, t[rows])
+                    sub = apply_x0_hooks(proc.to_x0(out[rows], x[rows], t[rows]), t[rows], x0_hooks)
                     x0 = x0.clone() if keep_trajectory else x0
                     x0[rows] = sub
             else:
-                x0 = proc.to_x0(out, x, t)
-                for hook in x0_hooks:
-                    x0 = hook(x0, t)
+                x0 = apply_x0_hooks(proc.to_x0(out, x, t), t, x0_hooks)
             if self.solver is None:
                 x_t, x = x, proc.reverse_step(x, x0, t, s, eta=self.eta, generator=generator, **step_kw)
             else:  # DPM-Solver++(2M) on the hooked x0 estimates of this step and the last

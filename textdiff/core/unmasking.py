@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from textdiff.core.absorbing import AbsorbingProcess
+from textdiff.core.hooks import apply_x0_hooks
 from textdiff.core.types import DenoiseFn, SampleOutput, StepHook, X0Hook, _Deferred
 
 UNMASK = ("schedule", "confidence", "threshold")
@@ -119,19 +120,13 @@ class ParallelUnmasking:
     # ----- x0 -----
     def full_x0(self, x: Tensor, t: Tensor) -> Tensor:
         """x0 after the hooks on the whole state (B, L, V): ``hooks(to_x0(out, x, t))``."""
-        x0 = self.proc.to_x0(self.out, x, t)
-        for hook in self.hooks:
-            x0 = hook(x0, t)
-        return x0
+        return apply_x0_hooks(self.proc.to_x0(self.out, x, t), t, self.hooks)
 
     def x0_at(self, x: Tensor, t: Tensor, where: tuple[Tensor, Tensor]) -> Tensor:
         """x0 after the hooks at the [MASK] positions ``where`` (n, V): the same values as ``full_x0`` there."""
         if not self.gather:
             return self.full_x0(x, t)[where]
-        lp = self.proc.masked_x0(self.out[where])
-        for hook in self.hooks:
-            lp = hook(lp, t[where[0]])
-        return lp
+        return apply_x0_hooks(self.proc.masked_x0(self.out[where]), t[where[0]], self.hooks)
 
     # ----- blocks -----
     def plan(self, x: Tensor) -> None:
