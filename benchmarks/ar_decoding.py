@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import statistics
 import time
@@ -49,7 +48,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from benchmarks.common import RESULTS, machine, result_path
+from benchmarks.common import RESULTS, machine, write_result
 
 DECODERS = ("textdiff_cached", "textdiff_uncached", "transformers")
 
@@ -381,9 +380,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     torch.set_num_threads(1)
     doc = run(QUICK if args.quick else FULL, Path(args.run_dir) if args.run_dir else None, args.ckpt, args.override)
     name = "ar_decoding_trained" if args.run_dir else "ar_decoding"  # a trained run's figures beside the random ones
-    path = result_path(Path(args.out), name, "cpu", args.quick)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path = write_result(doc, Path(args.out), name, "cpu", args.quick)
     print(table(doc))
     print(f"wrote {path}")
 

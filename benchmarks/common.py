@@ -1,6 +1,7 @@
 """What the benchmarks share: machine description, device sync, a wall clock and a peak-memory probe."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -31,6 +32,14 @@ def machine(device: str) -> dict:
 def result_path(out: Path, name: str, device: str, quick: bool) -> Path:
     """``<out>/<name>_<device>[_quick].json``."""
     return Path(out) / f"{name}_{device}{'_quick' if quick else ''}.json"
+
+
+def write_result(doc: dict, out: Path, name: str, device: str, quick: bool) -> Path:
+    """Write ``doc`` as indented JSON to ``result_path(out, name, device, quick)`` (folders made); returns the path."""
+    path = result_path(out, name, device, quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
 
 
 def sync(device: str) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from benchmarks.common import RESULTS, machine, result_path
+from benchmarks.common import RESULTS, machine, write_result
 
 DEFAULT_KS = (5, 10, 20, 50, 200)
 DEFAULT_TAUS = (0.5, 0.7, 0.9, 0.95)
@@ -111,17 +111,20 @@ def measure(model: Any, dm: Any, setting: dict[str, Any], *, num: int, batch_siz
             "seconds": metrics.get("sampling_seconds")}
 
 
-def ar_points(run_dir: Path, *, num: int, batch_size: int, seed: int, device: str) -> list[dict[str, Any]]:
-    """The AR baseline's points: greedy and beam 4 (translation) or ancestral sampling (language model); the
-    network evaluations per sequence are its decoding steps (one cached decoder call per generated token)."""
-    from textdiff.cli.runs import load_run
+def ar_settings(model: Any) -> list[dict[str, Any]]:
+    """The AR baseline's settings, the fastest first: greedy and beam 4 (translation) or ancestral sampling
+    (language model)."""
+    if model.conditional:
+        return [{"curve": "AR", "label": "greedy", "generate": {"beam_size": 1}},
+                {"curve": "AR", "label": "beam 4", "generate": {"beam_size": 4}}]
+    return [{"curve": "AR", "label": "sampling", "generate": {}}]
 
-    model, dm, _, _ = load_run(run_dir, "last", device)
-    settings = ([{"curve": "AR", "label": "greedy", "generate": {"beam_size": 1}},
-                 {"curve": "AR", "label": "beam 4", "generate": {"beam_size": 4}}] if model.conditional else
-                [{"curve": "AR", "label": "sampling", "generate": {}}])
+
+def ar_points(model: Any, dm: Any, *, num: int, batch_size: int, seed: int) -> list[dict[str, Any]]:
+    """The AR baseline's points (``ar_settings``); the network evaluations per sequence are its decoding steps
+    (one cached decoder call per generated token)."""
     out = []
-    for s in settings:
+    for s in ar_settings(model):
         point = measure(model, dm, s, num=num, batch_size=batch_size, seed=seed, generate={})
         point["nfe_per_sequence"] = _ar_steps(model, dm, num, s["generate"], seed)
         out.append(point)
@@ -141,9 +144,11 @@ def _ar_steps(model: Any, dm: Any, num: int, generate: dict[str, Any], seed: int
 
 def latency(model: Any, dm: Any, settings: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
     """Seconds per sentence at batch 1 (one source, or one sample, at a time), over ``n`` sentences."""
+    from textdiff.families.interface import BuildsSampler
+
     out = []
     for s in settings:
-        sampler = model.build_sampler(**s.get("sampler", {})) if hasattr(model, "build_sampler") else None
+        sampler = model.build_sampler(**s.get("sampler", {})) if isinstance(model, BuildsSampler) else None
         kw = {**({"sampler": sampler} if sampler is not None else {}), **s.get("generate", {})}
         start = time.perf_counter()
         if getattr(model, "conditional", False):
@@ -164,6 +169,13 @@ def latency(model: Any, dm: Any, settings: list[dict[str, Any]], n: int, seed: i
         seconds = time.perf_counter() - start
         out.append({**s, "batch_size": 1, "sentences": n, "seconds_per_sentence": round(seconds / n, 4)})
     return out
+
+
+def _shown(point: dict[str, Any]) -> dict[str, Any]:
+    """Print a measured point's summary as one JSON line (progress while the grid runs); returns the point."""
+    print(json.dumps({k: point[k] for k in ("curve", "label", "quality", "sentences_per_second", "nfe_per_sequence")}),
+          flush=True)
+    return point
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -256,26 +268,20 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         grid = [g for g in grid if g["curve"] in wanted]
     points = []
     for setting in grid:
-        point = measure(model, dm, setting, num=num, batch_size=args.batch_size, seed=args.seed, generate=generate)
-        points.append(point)
-        print(json.dumps({k: point[k] for k in ("curve", "label", "quality", "sentences_per_second",
-                                                "nfe_per_sequence")}), flush=True)
+        points.append(_shown(measure(model, dm, setting, num=num, batch_size=args.batch_size, seed=args.seed,
+                                     generate=generate)))
+    ar_model = ar_dm = None
     if args.ar_run is not None:
-        for point in ar_points(args.ar_run, num=num, batch_size=args.batch_size, seed=args.seed, device=args.device):
-            points.append(point)
-            print(json.dumps({k: point[k] for k in ("curve", "label", "quality", "sentences_per_second",
-                                                    "nfe_per_sequence")}), flush=True)
+        ar_model, ar_dm, _, _ = load_run(args.ar_run, "last", args.device)
+        points += [_shown(p) for p in ar_points(ar_model, ar_dm, num=num, batch_size=args.batch_size, seed=args.seed)]
     lat = []
     if args.latency:
         fastest = sorted(points, key=lambda p: -(p["sentences_per_second"] or 0))
         picked = [p for p in fastest if p["curve"] != "AR"][:3]
         lat = latency(model, dm, [{k: p[k] for k in ("curve", "label", "sampler", "generate") if k in p}
                                   for p in picked], args.latency, args.seed)
-        if args.ar_run is not None:
-            ar_model, ar_dm, _, _ = load_run(args.ar_run, "last", args.device)
-            ar_setting = {"curve": "AR", "label": "greedy", "generate": {"beam_size": 1}} if ar_model.conditional \
-                else {"curve": "AR", "label": "sampling", "generate": {}}
-            lat += latency(ar_model, ar_dm, [ar_setting], args.latency, args.seed)
+        if ar_model is not None:
+            lat += latency(ar_model, ar_dm, ar_settings(ar_model)[:1], args.latency, args.seed)
     result = {
         "benchmark": "quality_vs_speed", "name": args.name, "quick": args.quick,
         "machine": machine(args.device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -284,9 +290,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "num": num, "batch_size": args.batch_size, "seed": args.seed, "conditional": bool(model.conditional),
         "quality_key": "bleu", "points": points, "latency_batch1": lat,
     }
-    path = result_path(args.out, f"curves_{args.name}", args.device, args.quick)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result(result, args.out, f"curves_{args.name}", args.device, args.quick)
     plot(result, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return result

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -53,7 +52,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from benchmarks.common import RESULTS, Clock, PeakMemory, machine, process_peak_rss_mb, result_path
+from benchmarks.common import RESULTS, Clock, PeakMemory, machine, process_peak_rss_mb, write_result
 
 KS = (10, 20, 50, 200)
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4  # the special ids of the library's word and BPE tokenizers
@@ -536,9 +535,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if fresh:
             shutil.rmtree(fresh, ignore_errors=True)
     doc["inductor_cache"] = "fresh (cold compile)" if fresh else cache
-    path = result_path(Path(args.out), args.family, args.device, args.quick)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path = write_result(doc, Path(args.out), args.family, args.device, args.quick)
     print(summary(doc))
     print(f"wrote {path}")
 
