@@ -116,24 +116,15 @@ class MDLM(DiffusionBERT):
         if not 0.0 <= self.time_eps < 1.0:
             raise ValueError(f"time_eps must be in [0, 1), got {time_eps}")
         self.diffuse_padding = bool(diffuse_padding)
-        # the length histogram has its final shape from the start: the EMA callback copies the module before
-        # ``setup`` counts the lengths, and buffers that change shape after that copy break its updates
-        self.length_counts = torch.zeros(self.max_len + 1, dtype=torch.long)
 
     def setup(self, stage: str) -> None:
-        """Corpus statistics (``DiffusionBERT.setup``) only when something reads them and they are not there yet:
-        the length histogram for ``length_mode="sample"``, token counts for a spindle schedule. Fixed-length MDLM
-        on LM1B or OWT skips the pass over the training split."""
-        wanted = ((self.length_mode == "sample" and int(self.length_counts.sum()) == 0)
-                  or (self.spindle and self.process.schedule.token_weight.numel() == 0))
-        if not wanted:
+        """Corpus statistics (``DiffusionBERT.setup``) only when something reads them: the length histogram for
+        ``length_mode="sample"``, token counts for a spindle schedule. Fixed-length MDLM on LM1B or OWT skips the
+        pass over the training split."""
+        if self.length_mode == "sample" or self.spindle:
+            super().setup(stage)
+        else:
             super(DiffusionBERT, self).setup(stage)  # DiffusionModule's: parameter shapes only
-            return
-        empty = self.length_counts
-        self.length_counts = empty.new_zeros(0)  # DiffusionBERT.setup counts when its histogram is empty
-        super().setup(stage)
-        if self.length_counts.numel() == 0:  # nothing counted (no datamodule, not fitting): keep the shape
-            self.length_counts = empty
 
     # ----- pieces -----
     def noise_keep(self, ids: Tensor) -> Tensor:
