@@ -10,7 +10,7 @@ from sacrebleu.metrics.bleu import BLEU
 
 from textdiff.metrics import (
     bleu_against_set, corpus_bleu, corpus_chrf, dist_n, distinct_n, diversity, memorization, rouge,
-    score_conditional, score_unconditional, self_bleu,
+    score_conditional, score_unconditional, self_bleu, unigram_entropy,
 )
 
 # "mat." and "river," exercise the 13a tokenizer (punctuation is split off)
@@ -204,6 +204,20 @@ def test_memorization_with_a_large_training_set():
     assert 0.5 <= mem <= 1.0
 
 
+def test_unigram_entropy_by_hand():
+    assert unigram_entropy(["a a b b"]) == pytest.approx(math.log(2))
+    assert unigram_entropy(["a a a"]) == 0.0 and unigram_entropy([""]) == 0.0
+    assert unigram_entropy(["the cat sat ."]) == pytest.approx(math.log(4))  # 4 distinct tokens
+    # p = (1/2, 1/4, 1/4): H = 1.5 ln 2; averaged with an empty sample (0) and "a a b b" (ln 2)
+    assert unigram_entropy(["x y x z"]) == pytest.approx(1.5 * math.log(2))
+    assert unigram_entropy(["x y x z", "", "a a b b"]) == pytest.approx((1.5 + 0 + 1) * math.log(2) / 3)
+    # 13a splits "mat." into "mat" "." (two tokens); "none" keeps one
+    assert unigram_entropy(["mat."]) == pytest.approx(math.log(2))
+    assert unigram_entropy(["mat."], tokenize="none") == 0.0
+    # per sample, then the mean: not the entropy of the pooled tokens (which would be ln 2 here)
+    assert unigram_entropy(["a a", "b b"]) == 0.0
+
+
 # ---------------------------------------------------------------- summaries and errors
 
 def test_score_unconditional_collects_the_metrics():
@@ -214,6 +228,7 @@ def test_score_unconditional_collects_the_metrics():
     assert s["bleu_signature"] == bleu_against_set(samples, refs)["signature"]
     assert s["self_bleu"] == pytest.approx(self_bleu(samples))
     assert s["diversity"] == pytest.approx(diversity(samples))
+    assert s["entropy"] == pytest.approx(unigram_entropy(samples))
     assert s["memorization"] == pytest.approx(memorization(samples, train))
     assert {k: s[k] for k in dist_n(samples)} == pytest.approx(dist_n(samples))
     assert s["num_samples"] == 10
@@ -222,6 +237,7 @@ def test_score_unconditional_collects_the_metrics():
     assert short["mean_length"] == pytest.approx(2.5)  # whitespace tokens of the raw text
     assert "bleu" not in short and "memorization" not in short
     assert math.isnan(score_unconditional(["one sample"])["self_bleu"])
+    assert short["entropy"] == pytest.approx((math.log(4) + math.log(2)) / 2)  # "a b c ." and "d e"
 
 
 def test_score_conditional_collects_the_metrics():
@@ -245,6 +261,7 @@ def test_score_conditional_collects_the_metrics():
     lambda: distinct_n([], 1),
     lambda: dist_n([]),
     lambda: diversity([]),
+    lambda: unigram_entropy([]),
     lambda: memorization([], ["a b c d"]),
     lambda: memorization(["a b c d"], []),
     lambda: score_unconditional([]),

@@ -1,4 +1,5 @@
-"""Text metrics: BLEU, chrF (sacreBLEU), ROUGE (rouge-score), set/self-BLEU, dist-n, diversity, Mem.
+"""Text metrics: BLEU, chrF (sacreBLEU), ROUGE (rouge-score), set/self-BLEU, dist-n, diversity, Mem,
+unigram entropy.
 
 The libraries are called directly (``evaluate.load("sacrebleu")`` needs the hub). Set-BLEU and
 self-BLEU reuse sacreBLEU's ``BLEU._preprocess_segment``, ``helpers.extract_all_word_ngrams`` and
@@ -343,6 +344,35 @@ def memorization(samples: Sequence[str], train_texts: Sequence[str], n: int = 4,
     return sum(g in train for g in grams) / len(grams) if grams else 0.0
 
 
+def unigram_entropy(samples: Sequence[str], tokenize: str = "13a") -> float:
+    """Mean per-sample unigram entropy (nats): how varied the words are *within* each sample.
+
+    For sample s with token counts c_w (sacreBLEU's ``tokenize``, then whitespace split, as the
+    other n-gram metrics here) and n = sum_w c_w tokens, p_w = c_w / n and
+
+        H(s) = -sum_w p_w ln p_w,
+
+    then the mean of H(s) over the samples. An empty sample counts as 0 (as does a sample repeating
+    one token); a sample of n distinct tokens scores ln n. E.g. "a a b b" -> ln 2, "a a a" -> 0.
+    dist-n measures repetition across samples; this measures it inside each one (a degenerate
+    "the the the ..." sample scores 0 however diverse the set).
+
+    Args:
+        samples: the generated texts.
+        tokenize: sacreBLEU tokenizer name ("none": plain whitespace split).
+
+    Returns:
+        The mean entropy in nats (>= 0).
+
+    Raises:
+        ValueError: empty ``samples``.
+    """
+    _nonempty(samples, "samples")
+    per_sample = [0.0 - math.fsum(c / len(toks) * math.log(c / len(toks)) for c in Counter(toks).values())
+                  for toks in _tokens(samples, tokenize)]  # empty sample: fsum([]) = 0; `0.0 -`: never -0.0
+    return math.fsum(per_sample) / len(samples)
+
+
 def score_unconditional(samples: Sequence[str], reference_set: Optional[Sequence[str]] = None,
                         train_texts: Optional[Sequence[str]] = None,
                         tokenize: str = "13a") -> dict[str, Any]:
@@ -356,8 +386,9 @@ def score_unconditional(samples: Sequence[str], reference_set: Optional[Sequence
 
     Returns:
         ``num_samples``, ``mean_length`` (whitespace tokens of the raw texts), ``self_bleu`` (NaN
-        for a single sample), ``dist-1`` .. ``dist-4``, ``diversity``; ``bleu`` and
-        ``bleu_signature`` with a reference set; ``memorization`` with training texts.
+        for a single sample), ``dist-1`` .. ``dist-4``, ``diversity``, ``entropy`` (mean per-sample
+        unigram entropy in nats, ``unigram_entropy``); ``bleu`` and ``bleu_signature`` with a
+        reference set; ``memorization`` with training texts.
 
     Raises:
         ValueError: empty ``samples`` (or empty reference set / training texts when given).
@@ -371,6 +402,7 @@ def score_unconditional(samples: Sequence[str], reference_set: Optional[Sequence
     out["self_bleu"] = self_bleu(samples, tokenize=tokenize) if len(samples) > 1 else float("nan")
     out.update(dist_n(samples, tokenize=tokenize))
     out["diversity"] = diversity(samples, tokenize=tokenize)
+    out["entropy"] = unigram_entropy(samples, tokenize=tokenize)
     if train_texts is not None:
         out["memorization"] = memorization(samples, train_texts, tokenize=tokenize)
     return out

@@ -285,6 +285,6 @@ def write_outputs(out_dir: Path, records: Sequence[dict[str, Any]], metrics: dic
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One line per headline metric, for the console."""
     keys = ["bleu", "bleu_tok", "chrf", "rougeL", "self_bleu", "dist-1", "dist-2", "dist-3", "dist-4", "diversity",
-            "memorization", "nll", "ppl", "lm_ppl", "class_accuracy", "accuracy", "copy_bleu", "denoise_bleu",
-            "reconstruction_bleu", "sequences_per_second", "sentences_per_second"]
+            "entropy", "memorization", "nll", "ppl", "lm_ppl", "class_accuracy", "accuracy", "copy_bleu",
+            "denoise_bleu", "reconstruction_bleu", "sequences_per_second", "sentences_per_second"]
     return "\n".join(f"  {k:>22}: {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
