@@ -141,7 +141,8 @@ def test_a_sampler_override_that_does_not_fit_is_named(tmp_path):
 
     run_dir, _ = _saved_run(tmp_path, ["sampler=ddpm"])
     for bad, said in ((["sampler.solver=dpmpp_2m"], "needs eta=0"),
-                      (["sampler.unmask=threshold"], "absorbing processes only")):
+                      (["sampler.unmask=threshold"], "absorbing processes only"),
+                      (["sampler.float64=True"], "float64 applies to absorbing processes only")):
         out = _run("sample", [f"run_dir={run_dir}", "ckpt=last", "num_samples=2", *bad])
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert f"textdiff-sample: {bad[0]}" in out.stderr and said in out.stderr, out.stderr[-2000:]

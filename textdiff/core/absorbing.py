@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textdiff.core.categorical import sample_categorical
 from textdiff.core.schedules import NoiseSchedule, SpindleSchedule, grid_steps
 
 LossType = Literal["d3pm", "weighted_ce"]
@@ -191,25 +192,31 @@ class AbsorbingProcess(nn.Module):
         return -torch.expm1(self.filtered_stay_logprob(top, lse, u, temperature, top_k))
 
     def filtered_token_draw(self, top: Tensor, ids: Tensor, u: Tensor, temperature: float = 1.0,
-                            top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+                            top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                            float64: bool = False) -> Tensor:
         """The token of a reveal under the filtered joint posterior (``filtered_stay_logprob``): one of the k
         largest, p(v) ∝ exp(l_v / T), the k-th only when [MASK] is not among the k largest at that step
         (logit(u) > -l_k). top: (n, k) sorted log-probs, ids: (n, k) their token ids, u: (n,) the step's
-        unmasking probability. Inverse-CDF draw, one uniform per position. Returns (n,) long."""
-        cdf = torch.softmax(top if temperature == 1.0 else top / temperature, -1).cumsum_(-1)
-        limit = cdf[:, -1:]
+        unmasking probability. Inverse-CDF draw, one uniform per position (``sample_categorical``, in float64
+        with ``float64``). Returns (n,) long."""
+        support = None
         if top_k is not None and top_k > 1:
-            kept = torch.logit(u.clamp(0.0, 1.0)).unsqueeze(1) <= -top[:, top_k - 1: top_k]  # [MASK] is kept
-            limit = torch.where(kept, cdf[:, top_k - 2: top_k - 1], limit)
-        w = torch.rand(limit.shape, generator=generator, device=top.device) * limit
-        return ids.gather(1, (cdf < w).sum(-1, keepdim=True).clamp_max_(top.shape[1] - 1)).squeeze(1)
+            kept = torch.logit(u.clamp(0.0, 1.0)) <= -top[:, top_k - 1]  # [MASK] is kept: the k - 1 largest only
+            support = torch.where(kept, top_k - 1, top.shape[1])
+        pick = sample_categorical(top if temperature == 1.0 else top / temperature, generator=generator,
+                                  float64=float64, method="inverse_cdf", support=support)
+        return ids.gather(1, pick.unsqueeze(1)).squeeze(1)
 
     @staticmethod
-    def first_reveal(stay_logprob: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def first_reveal(stay_logprob: Tensor, generator: Optional[torch.Generator] = None,
+                     float64: bool = False) -> Tensor:
         """The first of J independent per-step reveal trials that succeeds: ``stay_logprob`` (n, J) the
         log-probabilities log(1 - r_j) that trial j fails; returns (n,) long, j with probability
         prod_{i<j} (1 - r_i) r_j, or J when none does. One uniform w in (0, 1] per position: the first j
-        with sum_{i<=j} log(1 - r_i) < log w (a certain trial, log(1 - r_j) = -inf, always succeeds)."""
+        with sum_{i<=j} log(1 - r_i) < log w (a certain trial, log(1 - r_j) = -inf, always succeeds).
+        ``float64``: the sums and the uniform in float64."""
+        if float64:
+            stay_logprob = stay_logprob.double()
         u = torch.rand(stay_logprob.shape[0], 1, generator=generator, device=stay_logprob.device,
                        dtype=stay_logprob.dtype)
         return (stay_logprob.cumsum(-1) >= torch.log1p(-u)).sum(-1)
@@ -222,10 +229,10 @@ class AbsorbingProcess(nn.Module):
         return masked & (u < p_unmask)
 
     @staticmethod
-    def draw_tokens(x0_logp: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def draw_tokens(x0_logp: Tensor, generator: Optional[torch.Generator] = None, float64: bool = False) -> Tensor:
         """One token per row of log-probs ``x0_logp`` (n, V): ``torch.multinomial`` (which draws n x V
-        values from ``generator``). Returns (n,) long."""
-        return torch.multinomial(x0_logp.exp(), 1, generator=generator).squeeze(-1)
+        values from ``generator``) through ``sample_categorical``, in float64 with ``float64``. Returns (n,) long."""
+        return sample_categorical(x0_logp, generator=generator, float64=float64)
 
     def posterior_joint(self, x0_logp: Tensor, u: Tensor) -> Tensor:
         """The joint reverse posterior's logits at masked positions: x0_logp (n, V) log p(x0 | x_t), u (n,)
@@ -246,7 +253,8 @@ class AbsorbingProcess(nn.Module):
 
     def reverse_step(self, xt: Tensor, x0_logp: Tensor, t: Tensor, s: Tensor, *, eta: float = 1.0,
                      generator: Optional[torch.Generator] = None,
-                     posterior_filter: Optional[Callable[[Tensor, Tensor], Tensor]] = None, **_: object) -> Tensor:
+                     posterior_filter: Optional[Callable[[Tensor, Tensor], Tensor]] = None, float64: bool = False,
+                     **_: object) -> Tensor:
         """One step x_t -> x_s (B, L). Revealed tokens never change; a masked token is revealed with
         probability u = ``unmask_prob`` (the token-dependent schedule reads argmax x0, as DiffusionBERT).
 
@@ -261,7 +269,7 @@ class AbsorbingProcess(nn.Module):
         temperature, then ``top_k_top_p_filtering``, then ``Categorical``), where the filter also changes
         *when* tokens are revealed. Without it a temperature or top-k acts on p(x0 | x_t) alone (an x0
         hook) and u is untouched. At eta = 0 it is not used: the argmax and the confidence order do not
-        depend on a temperature or a top-k.
+        depend on a temperature or a top-k. ``float64``: the token draws in float64 (``sample_categorical``).
         """
         self.check_eta(eta)
         masked = xt == self.mask_id
@@ -272,13 +280,13 @@ class AbsorbingProcess(nn.Module):
             rows = masked.nonzero(as_tuple=True)
             if rows[0].numel():  # only masked positions change (revealed ones carry over)
                 joint = self.posterior_joint(x0_logp[rows], p_unmask[rows])
-                out[rows] = self.draw_tokens(posterior_filter(joint, t[rows[0]]), generator)
+                out[rows] = self.draw_tokens(posterior_filter(joint, t[rows[0]]), generator, float64)
             return out
         if eta == 1.0:
             reveal = self.ancestral_reveal(masked, p_unmask, generator)
             out = xt.clone()
             if reveal.any():  # draw tokens only where one is revealed (~1/K of the masked positions)
-                out[reveal] = self.draw_tokens(x0_logp[reveal], generator)
+                out[reveal] = self.draw_tokens(x0_logp[reveal], generator, float64)
             return out
         conf = x0_logp.max(-1).values.masked_fill(~masked, float("-inf"))
         return torch.where(self.deterministic_reveal(masked, p_unmask, conf), x0_argmax, xt)

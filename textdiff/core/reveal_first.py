@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from textdiff.core.categorical import sample_categorical
 from textdiff.core.hooks import LogitFilter, apply_x0_hooks
 from textdiff.core.types import DenoiseFn, SampleOutput, StepHook, X0Hook, _Deferred
 
@@ -51,6 +52,7 @@ class RevealFirst:
         self.sampler, self.proc, self.mode = sampler, sampler.process, mode
         self.hooks, self.step_hooks = list(x0_hooks), list(step_hooks)
         self.posterior_filter, self.generator = posterior_filter, generator
+        self.float64 = sampler.float64  # the token draws in float64 (sample_categorical)
         self.mask_id = self.proc.mask_id
         self.token_dependent = bool(self.proc.schedule.token_dependent)
         # x0 of a sequence whose output did not change stays valid when the hooks ignore t
@@ -231,11 +233,11 @@ class RevealFirst:
         else:
             u = self.proc.unmask_table(grid, x[:1]).view(1, -1).expand(flat.numel(), -1)
         stay = self.proc.filtered_stay_logprob(top, lse, u, self.temperature, self.kk)
-        step = self.proc.first_reveal(stay, self.generator)  # (n,) in [0, J]; J: none before `end`
+        step = self.proc.first_reveal(stay, self.generator, self.float64)  # (n,) in [0, J]; J: none before `end`
         if self.kk is not None:  # the token revealed at that step: one of the k (or k - 1) largest
             u_then = u.gather(1, step.clamp(max=u.shape[1] - 1).unsqueeze(1)).squeeze(1)
             self.event_token.index_copy_(0, flat, self.proc.filtered_token_draw(
-                top, ids, u_then, self.temperature, self.kk, self.generator))
+                top, ids, u_then, self.temperature, self.kk, self.generator, self.float64))
         step.add_(k).masked_fill_(step >= end, self.NEVER)
         self.event.index_copy_(0, flat, step)
 
@@ -251,7 +253,8 @@ class RevealFirst:
                 flat = flat[x.view(-1).index_select(0, flat) == self.mask_id]
             if self.kk is None:  # the whole row: p(v) ∝ exp(l_v / T)
                 raw = self.out.view(-1, self.out.shape[-1]).index_select(0, flat)
-                tokens = _categorical(self.x0_rows(raw, flat, t) / self.temperature, gen)
+                tokens = sample_categorical(self.x0_rows(raw, flat, t) / self.temperature, generator=gen,
+                                            float64=self.float64, method="inverse_cdf")
             else:
                 tokens = self.event_token.index_select(0, flat)
             self.event.index_fill_(0, flat, self.NEVER)
@@ -273,7 +276,7 @@ class RevealFirst:
                 return x
             joint = proc.posterior_joint(self.logp.index_select(0, rows[0] * self.L + rows[1]), p_unmask[rows])
             x = x.clone()
-            x[rows] = proc.draw_tokens(self.posterior_filter(joint, t[rows[0]]), gen)
+            x[rows] = proc.draw_tokens(self.posterior_filter(joint, t[rows[0]]), gen, self.float64)
             return x
         reveal = proc.ancestral_reveal(masked, p_unmask, gen)  # (B, L) uniforms, as reverse_step
         rows = reveal.nonzero(as_tuple=True)
@@ -282,7 +285,7 @@ class RevealFirst:
         flat = rows[0] * self.L + rows[1]
         raw = self.out.view(-1, self.out.shape[-1]).index_select(0, flat)
         x = x.clone()
-        x[rows] = proc.draw_tokens(self.x0_rows(raw, flat, t), gen)
+        x[rows] = proc.draw_tokens(self.x0_rows(raw, flat, t), gen, self.float64)
         return x
 
     # ----- the loop -----
@@ -339,10 +342,3 @@ class RevealFirst:
         last = (x_t, t)
         return SampleOutput(x=x, x0=_Deferred(lambda: self.full_x0(*last)), nfe=nfe, times=times,
                             trajectory=traj, x0_trajectory=x0_traj, row_evals=row_evals)
-
-
-def _categorical(logits: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """One index per row of ``logits`` (n, m), drawn by inverse CDF (one uniform per row). Returns (n,)."""
-    cdf = torch.softmax(logits.float(), -1).cumsum(-1)
-    w = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    return (cdf < w).sum(-1).clamp_max(cdf.shape[-1] - 1)

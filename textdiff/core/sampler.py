@@ -75,6 +75,13 @@ class Sampler:
         block_length: semi-autoregressive blocks of this many positions, left to right, each started once the
             one before holds no [MASK], the K steps split evenly over them (LLaDA); None: one block.
         draw: the token at a revealed position: "argmax" of x0 or "sample" from it (after ``posterior_filter``).
+        float64: absorbing only: draw tokens (and, with ``closed_form_posterior``, reveal steps) from categoricals
+            computed in float64 (``textdiff.core.categorical.sample_categorical``): float32 draws can misplace or
+            drop tokens of probability below ~1e-7 next to a peak (on CUDA also ``torch.multinomial``'s), which lowers
+            the effective temperature. Off: the float32 draws, the same ids as before the option existed; on: other
+            ids for the same seed where a draw is an inverse CDF (``closed_form_posterior``; on the CPU the
+            ``torch.multinomial`` draws keep their ids). On in the LLaDA-style policy configs
+            (``conf/sampler/{confidence,threshold,semi_ar}.yaml``), as LLaDA's ``generate.py`` (``add_gumbel_noise``).
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Sampler:
         threshold: float = 0.9,
         block_length: Optional[int] = None,
         draw: str = "argmax",
+        float64: bool = False,
     ) -> None:
         if not isinstance(process, (GaussianProcess, AbsorbingProcess)):
             raise TypeError(f"process must be a GaussianProcess or AbsorbingProcess, got {type(process).__name__}")
@@ -106,6 +114,8 @@ class Sampler:
             raise ValueError("variance applies to Gaussian processes only")
         if reuse_unchanged and not isinstance(process, AbsorbingProcess):
             raise ValueError("reuse_unchanged applies to absorbing processes only")
+        if float64 and not isinstance(process, AbsorbingProcess):
+            raise ValueError("float64 applies to absorbing processes only (a Gaussian sampler draws no categorical)")
         self.process = process.for_sampling()
         self.num_steps, self.spacing, self.eta = int(num_steps), spacing, float(eta)
         self.variance = variance
@@ -116,6 +126,7 @@ class Sampler:
         self.closed_form_posterior = bool(closed_form_posterior)
         self.unmask, self.confidence, self.threshold, self.draw = unmask, confidence, float(threshold), draw
         self.block_length = None if block_length is None else int(block_length)
+        self.float64 = bool(float64)
         check_options(self)  # textdiff.core.unmasking
         self.timesteps()  # validate num_steps/spacing against the schedule now, not mid-run
 
@@ -169,6 +180,8 @@ class Sampler:
         step_kw: dict = {"variance": self.variance} if self.variance is not None else {}
         if posterior_filter is not None:
             step_kw["posterior_filter"] = posterior_filter
+        if self.float64:
+            step_kw["float64"] = True
         if self.unmask != "schedule":  # a parallel-decoding policy (textdiff.core.unmasking)
             run = ParallelUnmasking(self, x0_hooks, s_hooks, posterior_filter, generator)
             return run.sample(denoise, x, keep_trajectory=keep_trajectory, progress=progress)

@@ -210,7 +210,7 @@ class ParallelUnmasking:
             where = cand.nonzero(as_tuple=True)
             x0 = self.x0_at(x, t, where)
             pick = x0 if self.posterior_filter is None else self.posterior_filter(x0, t[where[0]])
-            tokens = pick.argmax(-1) if sm.draw == "argmax" else proc.draw_tokens(pick, self.generator)
+            tokens = pick.argmax(-1) if sm.draw == "argmax" else proc.draw_tokens(pick, self.generator, sm.float64)
             conf = torch.full((B, L), float("-inf"), device=x.device)
             conf[where] = confidence_score(x0, tokens, sm.confidence).float()
             chosen = x.clone()

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from textdiff.core.categorical import sample_categorical
 from textdiff.core.hooks import LogitFilter
 from textdiff.core.types import Batch
 from textdiff.families.base import OptimizerFactory, SchedulerFactory, TextModule
@@ -193,7 +194,7 @@ class Autoregressive(TextModule):
           length_penalty=None, seed=None, return_scores=False, use_cache=True, **ignored)`` -> ``beam_search``
           (src_ids, src_mask (B, S));
         - unconditional: ``generate(num_samples, seq_len=None, *, seed=None, batch_size=256,
-          temperature=1.0, top_k=None, top_p=None, use_cache=True, **ignored)`` -> ``sample``.
+          temperature=1.0, top_k=None, top_p=None, float64=False, use_cache=True, **ignored)`` -> ``sample``.
 
         Returns (B, L) long ids: BOS, the tokens, EOS where one was produced, then PAD.
         Raises a ValueError naming the right call when the arguments fit the other kind.
@@ -217,7 +218,7 @@ class Autoregressive(TextModule):
         start = time.perf_counter()
         ids = self.generate(*args, **kwargs)
         settings = (("beam_size", "length_penalty", "max_len", "min_len", "use_cache") if self.conditional
-                    else ("temperature", "top_k", "top_p", "use_cache"))
+                    else ("temperature", "top_k", "top_p", "float64", "use_cache"))
         return SamplingRun(ids, seconds=time.perf_counter() - start,
                            details={k: kwargs[k] for k in settings if kwargs.get(k) is not None})
 
@@ -322,7 +323,8 @@ class Autoregressive(TextModule):
     @torch.no_grad()
     def sample(self, num_samples: int, seq_len: Optional[int] = None, *, seed: Optional[int] = None,
                batch_size: int = 256, temperature: float = 1.0, top_k: Optional[int] = None,
-               top_p: Optional[float] = None, use_cache: bool = True, **ignored: Any) -> Tensor:
+               top_p: Optional[float] = None, float64: bool = False, use_cache: bool = True,
+               **ignored: Any) -> Tensor:
         """Ancestral sampling of a language model: from BOS, draw y_i ~ p(. | y_<i) (PAD and BOS
         banned; temperature / top-k / top-p through ``LogitFilter``) until EOS or ``seq_len``.
 
@@ -333,6 +335,9 @@ class Autoregressive(TextModule):
             seed: seeds a torch.Generator (same seed and batch_size, same samples).
             batch_size: sequences decoded together.
             temperature, top_k, top_p: see ``LogitFilter``.
+            float64: draw each token from the filtered log-probs cast to float64 (``sample_categorical``; other
+                ids for the same seed). Off by default, as fairseq's sampling (``torch.multinomial`` on float32
+                probabilities), which this baseline follows.
             use_cache: decode incrementally with the network's key/value cache (default); False recomputes
                 every prefix at every step (the reference path; same samples up to float rounding).
 
@@ -358,7 +363,7 @@ class Autoregressive(TextModule):
                     logp = (self._cached_logprobs(tokens, cache) if cache is not None
                             else self._next_logprobs(tokens, None, None))
                     logp = filt(logp.unsqueeze(1), no_t).squeeze(1)  # (n, V)
-                    nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+                    nxt = sample_categorical(logp, generator=gen, float64=float64)
                     nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_id))
                     tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
                     alive &= nxt != self.eos_id

@@ -42,7 +42,8 @@ options:
 official one is a DiT (rotary positions, adaLN); the sampler's last step goes to t = 0 and reveals every
 remaining [MASK] by a draw, where the official one stops at t = 1e-5 and takes the argmax of the few left
 (``noise_removal``: about 1e-5 of the tokens); tokens are drawn with ``torch.multinomial`` rather than a float32
-Gumbel-max.
+Gumbel-max (``_sample_categorical``), both in float32 by default (``sampler.float64=true`` draws from float64
+categoricals, as the authors' later DUO code does for MDLM: s-sahoo/duo ``sampling.use_float64``).
 """
 from __future__ import annotations
 
