@@ -216,8 +216,8 @@ def test_difformer_variants_build(variant, shared_data, tmp_path):
 
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 @pytest.mark.parametrize("table,families", [
-    ("tatoeba", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "MDLM"}),
-    ("e2e", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "Difformer", "MDLM"}),
+    ("tatoeba", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "MDLM", "DegenerateReference"}),
+    ("e2e", {"Autoregressive", "DiffusionLM", "DiffusionBERT", "LD4LG", "Difformer", "MDLM", "DegenerateReference"}),
 ])
 def test_comparison_entrants_share_one_budget(table, families, scale):
     """Every entrant of a cross-family comparison table trains and is scored under the same budget: data,

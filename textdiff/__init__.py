@@ -44,6 +44,7 @@ _EXPORTS = {
     "DiffusionLM": "textdiff.families.diffusion_lm",
     "DiffusionBERT": "textdiff.families.diffusion_bert",
     "MDLM": "textdiff.families.mdlm",
+    "DegenerateReference": "textdiff.families.reference",
     "SamplingRun": "textdiff.families.interface",
     # data
     "TextDataModule": "textdiff.data.datamodule",

@@ -6,10 +6,12 @@
 #   2. LD4LG's stages 0 (BART) and 1 (autoencoder) on the references, each at the comparison budget
 #                                                                         -> $OUT/bart, $OUT/ae
 #   3. the table: ONE multirun over every conf/experiment/compare_e2e_*_cpu.yaml: references alone (AR LM,
-#      Diffusion-LM, DiffusionBERT, LD4LG) and data-to-text MR -> reference (AR encoder-decoder, Difformer,
-#      LD4LG seq2seq)                                                     -> $OUT/table/{0..6}
-#   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
-#   5. textdiff-report: $OUT/report_text (references alone), $OUT/report_d2t (data-to-text), $OUT/report_steps
+#      Diffusion-LM, DiffusionBERT, LD4LG, MDLM, the degenerate references) and data-to-text MR -> reference
+#      (AR encoder-decoder, Difformer, LD4LG seq2seq); every entrant's learning curve  -> $OUT/table/<n>
+#   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants), and against
+#      the temperature (the AR LM and the unigram reference): the frontier's curves
+#   5. textdiff-report: $OUT/report_text (references alone, with the frontier and learning curves), $OUT/report_d2t
+#      (data-to-text, with learning curves), $OUT/report_steps
 # Usage: experiments/compare/e2e_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
 # tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps
 # (CPU: 500); JUDGE_STEPS= the judge's steps (CPU: 2 x STEPS); JOBS=N runs N jobs at once, each on nproc/N threads
@@ -49,14 +51,13 @@ cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # the BART was t
 text=() d2t=()
 for run in "$OUT"/table/*/; do
   if grep -q Seq2SeqDataModule "$run/config.yaml"; then d2t+=("$run"); else text+=("$run"); fi
-  grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrants have no K
-  k_sweep "$run"
+  sweep "$run"
 done
 wait_all
 cost=fit_seconds,train_examples,trainable_params,global_step
-"$BIN/textdiff-report" "${text[@]}" --columns task_name --out "$OUT/report_text" \
-  --metrics "lm_ppl,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,$cost"
-"$BIN/textdiff-report" "${d2t[@]}" --columns task_name --out "$OUT/report_d2t" \
+"$BIN/textdiff-report" "${text[@]}" --columns task_name --out "$OUT/report_text" --frontier --learning-curves \
+  --metrics "lm_ppl,entropy,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,$cost"
+"$BIN/textdiff-report" "${d2t[@]}" --columns task_name --out "$OUT/report_d2t" --learning-curves \
   --metrics "bleu,rouge*,chrf,lm_ppl,sentences_per_second,$cost"
 "$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \
   --metrics 'sampler.num_steps,sequences_per_second,sentences_per_second,lm_ppl,bleu,dist-2' --out "$OUT/report_steps"

@@ -7,6 +7,7 @@
 # functions `spawn` / `wait_all` (at most $JOBS commands at once) and `k_sweep`.
 SCALE=${SCALE:-cpu}
 KS=${KS:-10,50,200}
+TS=${TS:-0.5,0.8,1.2}   # sampling temperatures of the frontier's AR LM and unigram-reference curves
 if [ "$SCALE" = gpu ]; then
   STEPS=${STEPS:-20000}
   JUDGE_STEPS=${JUDGE_STEPS:-2000}
@@ -40,4 +41,17 @@ k_sweep() {
   for k in ${KS//,/ }; do
     spawn "$BIN/textdiff-sample" run_dir="$1" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" suffix="_k$k"
   done
+}
+# t_sweep RUN: sample RUN (an AR LM or the unigram reference) at each temperature of $TS (100 samples,
+# metrics_t<T>.json): its curve on the frontier (textdiff-report --frontier)
+t_sweep() {
+  local t
+  for t in ${TS//,/ }; do
+    spawn "$BIN/textdiff-sample" run_dir="$1" ckpt=last num_samples=100 nll_batches=0 generate.temperature="$t" suffix="_t$t"
+  done
+}
+# sweep RUN: the K sweep of a diffusion entrant, the temperature sweep of an AR LM or the unigram reference
+sweep() {
+  if grep -q "AbsorbingProcess\|GaussianProcess" "$1/config.yaml"; then k_sweep "$1"
+  elif grep -q "^task_name: compare_.*\(ar_lm\|reference_unigram\)" "$1/config.yaml"; then t_sweep "$1"; fi
 }

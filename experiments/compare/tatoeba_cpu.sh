@@ -6,9 +6,13 @@
 #   2. LD4LG's stages 0 (BART) and 1 (autoencoder), each at the comparison budget (compare.steps)
 #                                                                         -> $OUT/bart, $OUT/ae
 #   3. the table: ONE multirun over every conf/experiment/compare_tatoeba_*_cpu.yaml (AR LM, Diffusion-LM,
-#      DiffusionBERT, LD4LG), same data, tokenizer, steps x batch and evaluation  -> $OUT/table/{0,1,2,3}
-#   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants)
-#   5. textdiff-report: $OUT/report (quality and cost) and $OUT/report_steps (K sweep)
+#      DiffusionBERT, LD4LG, MDLM), same data, tokenizer, steps x batch and evaluation  -> $OUT/table/<n>
+#      and the degenerate references (frequent training sentences, a low-temperature unigram sampler); every
+#      entrant's learning curve (10 points, conf/compare/tatoeba_cpu.yaml) -> $OUT/table/<n>/learning_curve.jsonl
+#   4. sampling speed and quality against the number of steps K (textdiff-sample, diffusion entrants), and against
+#      the temperature (the AR LM and the unigram reference): the frontier's curves
+#   5. textdiff-report: $OUT/report (quality and cost, the frontier judge PPL vs entropy, the learning curves
+#      against training time and FLOPs) and $OUT/report_steps (K sweep)
 # Usage: experiments/compare/tatoeba_cpu.sh [OUT] ; JUDGE=<AR LM run> uses that judge instead of step 1 (any
 # tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps
 # (CPU: 500); JUDGE_STEPS= the judge's steps (CPU: 2 x STEPS); JOBS=N runs N jobs at once, each on nproc/N threads
@@ -46,12 +50,9 @@ cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
   compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" \
   compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" hydra.sweep.dir="$OUT/table" \
   trainer.enable_progress_bar=false "${launcher[@]}"
-for run in "$OUT"/table/*/; do
-  grep -q "AbsorbingProcess\|GaussianProcess" "$run/config.yaml" || continue  # the AR entrant has no K
-  k_sweep "$run"
-done
+for run in "$OUT"/table/*/; do sweep "$run"; done
 wait_all
-"$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" \
-  --metrics 'lm_ppl,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,fit_seconds,train_examples,trainable_params,global_step'
+"$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" --frontier --learning-curves \
+  --metrics 'lm_ppl,entropy,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,fit_seconds,train_examples,trainable_params,global_step'
 "$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \
   --metrics 'sampler.num_steps,sequences_per_second,lm_ppl,dist-2,self_bleu' --out "$OUT/report_steps"

@@ -19,7 +19,7 @@ def _offers(model):
 
 
 def test_each_family_declares_what_it_offers():
-    from textdiff.families import NoisyClassifier, TextClassifier
+    from textdiff.families import DegenerateReference, NoisyClassifier, TextClassifier
 
     torch.manual_seed(0)
     dlm = test_diffusion_lm.tiny()
@@ -27,6 +27,7 @@ def test_each_family_declares_what_it_offers():
     assert _offers(test_diffusion_bert._model()) == {"Generates", "BuildsSampler", "HasBound"}
     assert _offers(test_difformer._model()) == {"Generates", "BuildsSampler", "Reranks"}
     assert _offers(test_autoregressive.tiny()) == {"Generates", "HasBound"}
+    assert _offers(DegenerateReference(vocab_size=20, max_len=8, pad_id=0, bos_id=2, eos_id=3)) == {"Generates"}
     clf = TextClassifier(TransformerClassifier(vocab_size=40, num_classes=2, dim=16, depth=1, heads=2, max_len=12))
     assert _offers(clf) == {"ClassifiesTexts", "EvaluatesItself"}
     noisy = NoisyClassifier(LatentClassifier(in_dim=8, num_classes=2, vocab_size=40, dim=16, depth=1, heads=2,

@@ -29,6 +29,7 @@ from textdiff.cli.runs import attach_reranker, load_judges
 from textdiff.data.sources import DataError
 from textdiff.families.base import NonFiniteLossError
 from textdiff.families.interface import SavesArtifacts
+from textdiff.run.callbacks import SampleAndScore
 
 log = logging.getLogger("textdiff")
 register_resolvers()
@@ -117,6 +118,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     callbacks = _build_list(cfg, "callbacks")
+    for cb in callbacks:  # the periodic sample-and-score's judge (its learning curve's lm_ppl)
+        if isinstance(cb, SampleAndScore) and cb.judge_run:
+            cb.lm = load_judges(cb.judge_run, None)["lm"]
     if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     loggers = _build_list(cfg, "logger")

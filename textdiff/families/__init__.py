@@ -8,9 +8,11 @@ from textdiff.families.classifier import TextClassifier
 from textdiff.families.difformer import Difformer
 from textdiff.families.diffusion_lm import DiffusionLM
 from textdiff.families.interface import SamplingRun
+from textdiff.families.reference import DegenerateReference
 
-__all__ = ["EMA", "Autoregressive", "BartDenoiser", "DiffusionBERT", "DiffusionLM", "Difformer", "DiffusionModule",
-           "LD4LG", "LatentAutoencoder", "MDLM", "NoisyClassifier", "SamplingRun", "TextClassifier", "TextModule"]
+__all__ = ["EMA", "Autoregressive", "BartDenoiser", "DegenerateReference", "DiffusionBERT", "DiffusionLM", "Difformer",
+           "DiffusionModule", "LD4LG", "LatentAutoencoder", "MDLM", "NoisyClassifier", "SamplingRun", "TextClassifier",
+           "TextModule"]
 
 
 def __getattr__(name: str) -> Any:

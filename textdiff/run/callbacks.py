@@ -1,8 +1,11 @@
-"""Lightning callbacks: periodic sample-and-score during training (rank 0 only) and a progress bar for
-step-budgeted runs."""
+"""Lightning callbacks: periodic sample-and-score during training (rank 0 only), which can also record a
+learning curve, and a progress bar for step-budgeted runs."""
 from __future__ import annotations
 
+import json
 import logging
+import time
+from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -18,10 +21,21 @@ log = logging.getLogger(__name__)
 class SampleAndScore(pl.Callback):
     """After every ``every_n_validations``-th validation, draw ``num_samples`` samples with
     ``num_steps`` sampler steps, log their scores against the validation split under ``sample/``
-    (BLEU against the split, self-BLEU, dist-n) and print ``show`` of them. A conditional model
+    (BLEU against the split, self-BLEU, dist-n, entropy) and print ``show`` of them. A conditional model
     (``conditional = True``) translates the first ``num_samples`` validation sources instead and logs
     BLEU, chrF and ROUGE-L against their references. Rank 0 only; the model's
     current weights are used (the EMA weights while EMA is on: Lightning swaps them in for validation).
+
+    With ``curve`` (a file path) every evaluation is also appended to a learning curve, one JSON object per
+    line: ``global_step``, ``fraction`` (of ``trainer.max_steps``), ``train_seconds`` (wall-clock seconds of
+    training so far, validation and these evaluations excluded), ``train_flops`` (floating-point operations
+    of training so far: the first training batch's forward and backward pass counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, attention, convolutions, from the
+    operands' shapes; the optimizer update and element-wise work are not counted), times the batches
+    trained (optimizer steps x accumulated batches), times the processes) and the scores. The clock and the
+    FLOP count are kept in checkpoints, so a resumed run continues its curve. ``lm`` (a (model, tokenizer) judge, see
+    ``textdiff.run.evaluation.score_with_judges``; set by ``textdiff-train`` from ``judge_run``) adds the
+    judge's perplexity of the samples (``lm_ppl``).
 
     Args:
         num_samples: samples per evaluation.
@@ -29,14 +43,88 @@ class SampleAndScore(pl.Callback):
         num_steps: sampler steps (None = the model's configured sampler).
         show: how many samples to print.
         seed: sampling seed (fixed, so successive evaluations are comparable).
+        curve: path of the learning-curve file (JSON lines, appended); None = no curve.
+        judge_run: run directory of an autoregressive LM judge (loaded by ``textdiff-train``); None = none.
     """
 
     def __init__(self, num_samples: int = 32, every_n_validations: int = 1, num_steps: Optional[int] = 50,
-                 show: int = 3, seed: int = 0) -> None:
+                 show: int = 3, seed: int = 0, curve: Optional[str] = None, judge_run: Optional[str] = None) -> None:
         self.num_samples, self.every, self.num_steps = num_samples, max(1, every_n_validations), num_steps
         self.show, self.seed = show, seed
+        self.curve = Path(curve) if curve else None
+        self.judge_run, self.lm = judge_run, None
         self._count = 0
+        # learning-curve clock and FLOP count (kept in checkpoints: state_dict)
+        self._seconds, self._flops_per_batch = 0.0, None
+        self._since: Optional[float] = None
+        self._counter: Any = None
 
+    # --- the learning curve's clock and FLOP count -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The curve's clock and FLOPs per batch (restored on resume)."""
+        return {"seconds": self._clock(), "flops_per_batch": self._flops_per_batch, "count": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict``'s values."""
+        self._seconds, self._flops_per_batch = float(state["seconds"]), state["flops_per_batch"]
+        self._count = int(state.get("count", 0))
+
+    def _clock(self) -> float:
+        return self._seconds + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def _pause(self) -> None:
+        self._seconds, self._since = self._clock(), None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.lm is not None:
+            self.lm[0].to(pl_module.device)
+        self._since = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._pause()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._pause()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "fit":  # validation inside fit: the training clock runs again
+            self._since = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.curve is not None and self._flops_per_batch is None and self._counter is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._counter is not None:  # the first batch's forward and backward pass
+            self._counter.__exit__(None, None, None)
+            self._flops_per_batch, self._counter = int(self._counter.get_total_flops()), None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self._counter = None
+
+    def _record(self, trainer: pl.Trainer, scores: dict[str, Any]) -> None:
+        if self.curve is None:
+            return
+        flops = (None if self._flops_per_batch is None
+                 else self._flops_per_batch * trainer.global_step * trainer.accumulate_grad_batches
+                 * trainer.world_size)
+        row = {"global_step": int(trainer.global_step),
+               "fraction": (trainer.global_step / trainer.max_steps if trainer.max_steps and trainer.max_steps > 0
+                            else None),
+               "train_seconds": round(self._clock(), 3), "train_flops": flops, "num_samples": self.num_samples,
+               "num_steps": self.num_steps,
+               **{k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        self.curve.parent.mkdir(parents=True, exist_ok=True)
+        with self.curve.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # --- sample and score ----------------------------------------------------------------------------------
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or not isinstance(pl_module, Generates):
@@ -51,7 +139,7 @@ class SampleAndScore(pl.Callback):
             self._score_conditional(trainer, pl_module, dm)
             return
         from textdiff.metrics.text import score_unconditional
-        from textdiff.run.evaluation import generate_texts, sampler_of
+        from textdiff.run.evaluation import generate_texts, sampler_of, score_with_judges
 
         state = torch.random.get_rng_state()
         try:
@@ -64,12 +152,16 @@ class SampleAndScore(pl.Callback):
         sentences = [s for row in gen["rows"] for s in row if s.strip()]
         if len(sentences) < 2:
             log.info("step %d: fewer than 2 non-empty samples yet", trainer.global_step)
+            self._record(trainer, {"num_nonempty": len(sentences)})
             return
         refs = dm.texts("valid") if dm.has_split("valid") else dm.texts("train")[:2000]
         scores = score_unconditional(sentences, reference_set=refs)
-        for key in ("bleu", "self_bleu", "dist-1", "dist-2", "mean_length"):
+        if self.lm is not None:
+            scores.update(score_with_judges([{"text": s} for s in sentences], {"lm": self.lm}))
+        for key in ("bleu", "self_bleu", "dist-1", "dist-2", "entropy", "mean_length", "lm_ppl"):
             if key in scores:
                 pl_module.log(f"sample/{key}", float(scores[key]), rank_zero_only=True)
+        self._record(trainer, {**scores, "num_nonempty": len(sentences)})
         shown = "\n".join(f"    {s}" for s in sentences[: self.show])
         log.info("step %d samples (BLEU vs valid %.2f, dist-2 %.3f):\n%s", trainer.global_step,
                  scores.get("bleu", float("nan")), scores.get("dist-2", float("nan")), shown)
@@ -87,6 +179,8 @@ class SampleAndScore(pl.Callback):
             torch.random.set_rng_state(state)
         for key in ("bleu", "chrf", "rougeL"):
             pl_module.log(f"sample/{key}", float(scores[key]), rank_zero_only=True)
+        self._record(trainer, {k: v for k, v in scores.items() if k in ("bleu", "bleu_tok", "chrf", "rouge1",
+                                                                          "rouge2", "rougeL", "num_samples")})
         shown = "\n".join(f"    {r['hypothesis']}  <=  {r['references'][0]}" for r in records[: self.show])
         log.info("step %d: BLEU on %d %s sources %.2f:\n%s", trainer.global_step, len(records), split,
                  scores["bleu"], shown)

@@ -77,10 +77,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(pl.Callback):
-    """Write ``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps, at the end of fit and when
-    training is interrupted by Ctrl-C (a SIGKILL cannot be caught: the run then resumes from the last
-    periodic save). Pair it with :class:`AtomicCheckpointIO` so that a kill during the save leaves the
-    previous ``last.ckpt`` whole.
+    """Write ``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps, at the end of fit (also of a fit
+    that stopped before its first step, when there is no ``last.ckpt`` yet) and when training is interrupted
+    by Ctrl-C (a SIGKILL cannot be caught: the run then resumes from the last periodic save). Pair it with
+    :class:`AtomicCheckpointIO` so that a kill during the save leaves the previous ``last.ckpt`` whole.
 
     Args:
         dirpath: the run's ``checkpoints/`` directory.
@@ -98,8 +98,8 @@ class LastCheckpoint(pl.Callback):
         """``<dirpath>/last.ckpt``."""
         return self.dirpath / LAST
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        if trainer.sanity_checking or self._saved_step == trainer.global_step:
+    def _save(self, trainer: pl.Trainer, force: bool = False) -> None:
+        if trainer.sanity_checking or (self._saved_step == trainer.global_step and not force):
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state resume needs (and no log line)
         self._saved_step = trainer.global_step
@@ -114,7 +114,9 @@ class LastCheckpoint(pl.Callback):
             self._save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)
+        # also a fit that stopped before its first step leaves a checkpoint (a model with nothing to train:
+        # textdiff.families.reference), unless one is there already
+        self._save(trainer, force=not self.path.exists())
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):

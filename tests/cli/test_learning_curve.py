@@ -1,0 +1,57 @@
+"""The learning curve of ``SampleAndScore(curve=...)``: one JSON line per evaluation with the step, the training
+clock (validation excluded) and the training FLOPs (FlopCounterMode on the first batch x batches), kept across a
+resume; the FLOP count against a hand count on a linear model."""
+import json
+
+import pytorch_lightning as pl
+import torch
+
+from tests.cli.test_train_cli import TINY, _run
+from textdiff.run.callbacks import SampleAndScore
+
+
+class _Linear(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(8, 4, bias=False)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_flops_are_the_first_batch_count_times_the_batches(tmp_path):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 8)), batch_size=10)
+    cb = SampleAndScore(curve=str(tmp_path / "curve.jsonl"))
+    trainer = pl.Trainer(max_steps=6, max_epochs=-1, callbacks=[cb], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(_Linear(), data)
+    # forward: one (10 x 8) @ (8 x 4) product = 2*10*8*4 FLOPs; backward: the weight's gradient only (the input
+    # needs none), one product of the same size
+    assert cb._flops_per_batch == 2 * (2 * 10 * 8 * 4)
+    cb._record(trainer, {"bleu": 1.5, "signature": "x", "flag": True})
+    row = json.loads((tmp_path / "curve.jsonl").read_text())
+    assert row["train_flops"] == 6 * 2 * (2 * 10 * 8 * 4) and row["global_step"] == 6 and row["fraction"] == 1.0
+    assert row["bleu"] == 1.5 and "signature" not in row and "flag" not in row and row["train_seconds"] > 0
+
+
+def test_learning_curve_through_textdiff_train_survives_a_resume(shared_data, tmp_path):
+    run_dir = tmp_path / "run"
+    curve = run_dir / "learning_curve.jsonl"
+    common = [*TINY, "evaluate=false", f"hydra.run.dir={run_dir}", "trainer.val_check_interval=5",
+              "callbacks.last_checkpoint.every_n_steps=10", f"+callbacks.sample_and_score.curve={curve}",
+              "callbacks.sample_and_score.num_samples=6"]
+    out = _run("train", [*common, "trainer.max_steps=10"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run("train", [*common, "trainer.max_steps=20", "resume=true"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in curve.read_text().splitlines()]
+    assert [r["global_step"] for r in rows] == [5, 10, 15, 20]
+    assert [r["fraction"] for r in rows] == [0.5, 1.0, 0.75, 1.0]  # the second run's budget is 20 steps
+    seconds = [r["train_seconds"] for r in rows]
+    assert all(b > a for a, b in zip(seconds, seconds[1:]))  # the clock continues after the resume
+    flops = [r["train_flops"] for r in rows]
+    assert flops[0] > 0 and flops == [flops[0] * k for k in (1, 2, 3, 4)]  # fixed shapes: FLOPs ∝ steps
+    assert all("self_bleu" in r and "entropy" in r and r["num_samples"] == 6 for r in rows)
