@@ -22,6 +22,8 @@ def _table(root):
                  "entropy": 4.0} for s in (1, 2, 3)]
         rows.insert(2, {**rows[1], "lm_ppl": 1.0})  # step 2 again after a resume: the last row wins
         (run / "learning_curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    make_run(root / "9", ["experiment=compare_reference"], {"task_name": "reference", "seed": 0},
+             {"entropy": 1.0, "lm_ppl": 30.0, "global_step": 0})  # trained nothing: a line on the curves
     return root
 
 
@@ -37,7 +39,8 @@ def test_frontier_draws_one_curve_per_run_through_its_metrics_files(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = _csv(out / "frontier.csv")
     assert [(r["run"], r["knob"], float(r["entropy"])) for r in rows] == [
-        ("ar", "t0.7", 3.0), ("ar", "default", 4.0), ("dlm", "default", 4.5), ("dlm", "k50", 4.6), ("dlm", "k10", 4.8)]
+        ("ar", "t0.7", 3.0), ("ar", "default", 4.0), ("dlm", "default", 4.5), ("dlm", "k50", 4.6), ("dlm", "k10", 4.8),
+        ("reference", "default", 1.0)]
 
 
 def test_learning_curves_against_time_and_flops(tmp_path):
@@ -46,7 +49,10 @@ def test_learning_curves_against_time_and_flops(tmp_path):
     names = sorted(p.name for p in out.glob("curve_*.png"))
     assert names == ["curve_entropy_vs_train_flops.png", "curve_entropy_vs_train_seconds.png",
                      "curve_lm_ppl_vs_train_flops.png", "curve_lm_ppl_vs_train_seconds.png"]
-    rows = _csv(out / "learning_curves.csv")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / names[0]).ndim == 3
+    rows = _csv(out / "learning_curves.csv")  # the reference row has no curve, only its line
     assert [(r["run"], r["global_step"], float(r["lm_ppl"])) for r in rows] == [
         ("ar", "1", 500.0), ("ar", "2", 1.0), ("ar", "3", 500.0 / 3), ("dlm", "1", 500.0), ("dlm", "2", 1.0),
         ("dlm", "3", 500.0 / 3)]

@@ -118,7 +118,8 @@ def plot_learning_curves(runs: Sequence[Any], labels: Mapping[Path, str], out_di
                          metrics: Optional[Sequence[str]] = None) -> list[Path]:
     """``curve_<metric>_vs_<train_seconds|train_flops>.png`` and ``learning_curves.csv`` in ``out_dir``: for every
     run directory with a ``learning_curve.jsonl``, one line per run through its evaluations (a resumed run's rows
-    are in step order; a step evaluated twice keeps its last row).
+    are in step order; a step evaluated twice keeps its last row). A run that trained nothing (``global_step`` 0 in
+    its ``metrics.json``: the degenerate reference rows) is a dashed horizontal line at its final value.
 
     Args:
         runs: the runs (objects with ``path``; several of one directory count once).
@@ -131,11 +132,14 @@ def plot_learning_curves(runs: Sequence[Any], labels: Mapping[Path, str], out_di
         The PNGs written ([] and a warning when no run has a learning curve).
     """
     series: dict[Path, tuple[str, list[dict[str, Any]]]] = {}
+    flat: dict[Path, tuple[str, dict[str, float]]] = {}  # untrained runs: their final metrics
     for run in runs:
         if run.path not in series:
             rows = {int(r["global_step"]): r for r in read_curve(run.path) if "global_step" in r}
             if rows:
                 series[run.path] = (labels.get(run.path) or run.path.name, [rows[k] for k in sorted(rows)])
+            elif run.metrics_file == "metrics.json" and run.metrics.get("global_step") == 0:
+                flat[run.path] = (labels.get(run.path) or run.path.name, run.metrics)
     if not series:
         log.warning("learning curves: no run directory has a %s", CURVE_FILE)
         return []
@@ -157,6 +161,11 @@ def plot_learning_curves(runs: Sequence[Any], labels: Mapping[Path, str], out_di
                     ys_all += [p[1] for p in pts]
             if not xs_all:
                 continue
+            for label, final in flat.values():
+                if metric in final and math.isfinite(final[metric]):
+                    ax.axhline(final[metric], linestyle="--", linewidth=1, color="grey")
+                    ax.annotate(label, (min(xs_all), final[metric]), fontsize="x-small", color="grey",
+                                textcoords="offset points", xytext=(0, 2))
             if _spans(xs_all):
                 ax.set_xscale("log")
             if metric == "lm_ppl" and _spans(ys_all):
