@@ -55,8 +55,9 @@ for run in "$OUT"/table/*/; do
 done
 wait_all
 cost=fit_seconds,train_examples,trainable_params,global_step
-"$BIN/textdiff-report" "${text[@]}" --columns task_name --out "$OUT/report_text" --frontier --learning-curves \
-  --metrics "lm_ppl,entropy,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,$cost"
+"$BIN/textdiff-report" "${text[@]}" --columns task_name --out "$OUT/report_text" \
+  --frontier --frontier corpus_entropy,lm_ppl --learning-curves \
+  --metrics "lm_ppl,entropy,corpus_entropy,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,$cost"
 "$BIN/textdiff-report" "${d2t[@]}" --columns task_name --out "$OUT/report_d2t" --learning-curves \
   --metrics "bleu,rouge*,chrf,lm_ppl,sentences_per_second,$cost"
 "$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \

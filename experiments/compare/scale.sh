@@ -8,6 +8,8 @@
 SCALE=${SCALE:-cpu}
 KS=${KS:-10,50,200}
 TS=${TS:-0.5,0.8,1.2}   # sampling temperatures of the frontier's AR LM and unigram-reference curves
+SWEEP_SAMPLES=${SWEEP_SAMPLES:-200}   # samples of each K / temperature point: the table's eval.num_samples (a
+                                      # frontier compares corpus entropies, which grow with the number of samples)
 if [ "$SCALE" = gpu ]; then
   STEPS=${STEPS:-20000}
   JUDGE_STEPS=${JUDGE_STEPS:-2000}
@@ -35,19 +37,21 @@ launcher=()
 pids=()
 spawn() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done; "$@" & pids+=($!); }
 wait_all() { local p; for p in "${pids[@]}"; do wait "$p"; done; pids=(); }
-# k_sweep RUN: sample RUN's last checkpoint at each K of $KS (100 samples, metrics_k<K>.json) through spawn
+# k_sweep RUN: sample RUN's last checkpoint at each K of $KS ($SWEEP_SAMPLES samples, metrics_k<K>.json) through spawn
 k_sweep() {
   local k
   for k in ${KS//,/ }; do
-    spawn "$BIN/textdiff-sample" run_dir="$1" ckpt=last num_samples=100 nll_batches=0 sampler.num_steps="$k" suffix="_k$k"
+    spawn "$BIN/textdiff-sample" run_dir="$1" ckpt=last num_samples="$SWEEP_SAMPLES" nll_batches=0 sampler.num_steps="$k" \
+      suffix="_k$k"
   done
 }
-# t_sweep RUN: sample RUN (an AR LM or the unigram reference) at each temperature of $TS (100 samples,
+# t_sweep RUN: sample RUN (an AR LM or the unigram reference) at each temperature of $TS ($SWEEP_SAMPLES samples,
 # metrics_t<T>.json): its curve on the frontier (textdiff-report --frontier)
 t_sweep() {
   local t
   for t in ${TS//,/ }; do
-    spawn "$BIN/textdiff-sample" run_dir="$1" ckpt=last num_samples=100 nll_batches=0 generate.temperature="$t" suffix="_t$t"
+    spawn "$BIN/textdiff-sample" run_dir="$1" ckpt=last num_samples="$SWEEP_SAMPLES" nll_batches=0 \
+      generate.temperature="$t" suffix="_t$t"
   done
 }
 # sweep RUN: the K sweep of a diffusion entrant, the temperature sweep of an AR LM or the unigram reference

@@ -52,7 +52,8 @@ cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
   trainer.enable_progress_bar=false "${launcher[@]}"
 for run in "$OUT"/table/*/; do sweep "$run"; done
 wait_all
-"$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" --frontier --learning-curves \
-  --metrics 'lm_ppl,entropy,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,fit_seconds,train_examples,trainable_params,global_step'
+"$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" \
+  --frontier --frontier corpus_entropy,lm_ppl --learning-curves \
+  --metrics 'lm_ppl,entropy,corpus_entropy,dist-*,self_bleu,memorization,mean_length,sequences_per_second,nll,bpt,fit_seconds,train_examples,trainable_params,global_step'
 "$BIN/textdiff-report" "$OUT/table" --metrics-file 'metrics_k*.json' --columns task_name,metrics_file \
   --metrics 'sampler.num_steps,sequences_per_second,lm_ppl,dist-2,self_bleu' --out "$OUT/report_steps"

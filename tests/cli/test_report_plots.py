@@ -34,10 +34,12 @@ def _csv(path):
 
 def test_frontier_draws_one_curve_per_run_through_its_metrics_files(tmp_path):
     out = tmp_path / "report"
-    main([str(_table(tmp_path / "t")), "--columns", "task_name", "--out", str(out), "--frontier"])
+    main([str(_table(tmp_path / "t")), "--columns", "task_name", "--out", str(out), "--frontier", "--frontier",
+          "entropy,bleu"])
+    assert (out / "frontier_bleu_vs_entropy.png").exists()
     png = out / "frontier_lm_ppl_vs_entropy.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = _csv(out / "frontier.csv")
+    rows = _csv(out / "frontier_lm_ppl_vs_entropy.csv")
     assert [(r["run"], r["knob"], float(r["entropy"])) for r in rows] == [
         ("ar", "t0.7", 3.0), ("ar", "default", 4.0), ("dlm", "default", 4.5), ("dlm", "k50", 4.6), ("dlm", "k10", 4.8),
         ("reference", "default", 1.0)]

@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics.bleu import BLEU
 
 from textdiff.metrics import (
-    bleu_against_set, corpus_bleu, corpus_chrf, dist_n, distinct_n, diversity, memorization, rouge,
+    bleu_against_set, corpus_bleu, corpus_chrf, corpus_entropy, dist_n, distinct_n, diversity, memorization, rouge,
     score_conditional, score_unconditional, self_bleu, unigram_entropy,
 )
 
@@ -218,6 +218,16 @@ def test_unigram_entropy_by_hand():
     assert unigram_entropy(["a a", "b b"]) == 0.0
 
 
+def test_corpus_entropy_pools_the_samples():
+    assert corpus_entropy(["a a", "b b"]) == pytest.approx(math.log(2))  # where unigram_entropy says 0
+    assert corpus_entropy(["x y x z"]) == pytest.approx(1.5 * math.log(2))
+    assert corpus_entropy(["", ""]) == 0.0 and corpus_entropy(["a", "a a"]) == 0.0
+    # counts a:3 b:1 (c / N = 3/4, 1/4)
+    assert corpus_entropy(["a b", "a a"]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    with pytest.raises(ValueError):
+        corpus_entropy([])
+
+
 # ---------------------------------------------------------------- summaries and errors
 
 def test_score_unconditional_collects_the_metrics():
@@ -229,6 +239,7 @@ def test_score_unconditional_collects_the_metrics():
     assert s["self_bleu"] == pytest.approx(self_bleu(samples))
     assert s["diversity"] == pytest.approx(diversity(samples))
     assert s["entropy"] == pytest.approx(unigram_entropy(samples))
+    assert s["corpus_entropy"] == pytest.approx(corpus_entropy(samples))
     assert s["memorization"] == pytest.approx(memorization(samples, train))
     assert {k: s[k] for k in dist_n(samples)} == pytest.approx(dist_n(samples))
     assert s["num_samples"] == 10

@@ -26,7 +26,7 @@ single run, a multirun sweep (``0/``, ``1/``, ...) or a whole ``outputs/`` tree 
   one line per combination of the other columns).
 * ``--frontier`` (with ``--out``) adds ``frontier_lm_ppl_vs_entropy.png``: the judge's perplexity against the
   samples' entropy, one curve per run through all its metrics files (``metrics_k10.json``, ``metrics_t0.7.json``:
-  a sampling knob's sweep); ``--frontier x,y`` plots other metrics. ``--learning-curves`` adds
+  a sampling knob's sweep); ``--frontier x,y`` plots other metrics (repeatable). ``--learning-curves`` adds
   ``curve_<metric>_vs_{train_seconds,train_flops}.png`` from each run's ``learning_curve.jsonl``
   (``textdiff.cli.report_plots``).
 """
@@ -394,8 +394,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--sort", help="a column or metric to sort rows by; --sort=-name sorts descending")
     p.add_argument("--precision", type=int, default=3, help="decimals in the Markdown table (default: 3)")
     p.add_argument("--out", help="folder for report.md, report.csv and <metric>_vs_<column>.png")
-    p.add_argument("--frontier", nargs="?", const="entropy,lm_ppl", metavar="X,Y",
-                   help="with --out: plot Y against X over every metrics file of each run (default: entropy,lm_ppl)")
+    p.add_argument("--frontier", nargs="?", const="entropy,lm_ppl", metavar="X,Y", action="append",
+                   help="with --out: plot Y against X over every metrics file of each run (default: entropy,lm_ppl); "
+                        "repeat it for several plots")
     p.add_argument("--learning-curves", action="store_true",
                    help="with --out: plot each run's learning_curve.jsonl against training time and FLOPs")
     args = p.parse_args(argv)
@@ -415,9 +416,10 @@ def _report(args: argparse.Namespace) -> None:
     """Print the table; with ``--out``, write report.md, report.csv and the plots."""
     if (args.frontier or args.learning_curves) and not args.out:
         raise ReportError("--frontier and --learning-curves write plots: give --out DIR")
-    frontier = _split(args.frontier) if args.frontier else None
-    if frontier is not None and len(frontier) != 2:
-        raise ReportError(f"--frontier {args.frontier}: expected two metric names, X,Y")
+    frontiers = [_split(spec) for spec in args.frontier or []]
+    for spec, pair in zip(args.frontier or [], frontiers):
+        if len(pair) != 2:
+            raise ReportError(f"--frontier {spec}: expected two metric names, X,Y")
     runs = collect_runs(args.paths, args.metrics_file)
     table = summarize(runs, _split(args.columns), _split(args.metrics), args.seed_key, args.sort)
     markdown = to_markdown(table, args.precision)
@@ -431,14 +433,14 @@ def _report(args: argparse.Namespace) -> None:
         to_csv(table, out / "report.csv")
         try:
             pngs = plot(table, out)
-            if frontier or args.learning_curves:
+            if frontiers or args.learning_curves:
                 from textdiff.cli.report_plots import CurveError, plot_frontier, plot_learning_curves
 
                 every = collect_runs(args.paths, "metrics*.json")
                 names = [c for c in table.columns if c != "metrics_file"]
                 labels = {r.path: ", ".join(show_value(r.value(c)) for c in names) for r in every}
-                if frontier:
-                    png = plot_frontier(every, labels, out, *frontier)
+                for pair in frontiers:
+                    png = plot_frontier(every, labels, out, *pair)
                     pngs += [png] if png else []
                 if args.learning_curves:
                     try:

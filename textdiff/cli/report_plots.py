@@ -50,8 +50,8 @@ def _spans(values: Sequence[float]) -> bool:
 
 def plot_frontier(runs: Sequence[Any], labels: Mapping[Path, str], out_dir: Any, x: str = "entropy",
                   y: str = "lm_ppl") -> Optional[Path]:
-    """``frontier_<y>_vs_<x>.png`` and ``frontier.csv`` in ``out_dir``: one curve per run directory through the
-    (x, y) of each of its metrics files (``metrics.json``, ``metrics_k10.json``, ``metrics_t0.7.json``, ...),
+    """``frontier_<y>_vs_<x>.png`` and ``frontier_<y>_vs_<x>.csv`` in ``out_dir``: one curve per run directory
+    through the (x, y) of each of its metrics files (``metrics.json``, ``metrics_k10.json``, ...),
     sorted by x and labelled with the file's suffix (the knob's value); y on a log scale when it spans >= 100x.
 
     Args:
@@ -89,7 +89,7 @@ def plot_frontier(runs: Sequence[Any], labels: Mapping[Path, str], out_dir: Any,
     fig.tight_layout()
     png = out / f"frontier_{_file_name(y)}_vs_{_file_name(x)}.png"
     fig.savefig(png, dpi=100)
-    with (out / "frontier.csv").open("w", encoding="utf-8", newline="") as f:
+    with png.with_suffix(".csv").open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows([["run", "path", "knob", x, y], *rows])
     return png
 
@@ -125,8 +125,8 @@ def plot_learning_curves(runs: Sequence[Any], labels: Mapping[Path, str], out_di
         runs: the runs (objects with ``path``; several of one directory count once).
         labels: each run directory's legend label (default: the directory's name).
         out_dir: the folder to write into (created).
-        metrics: the metrics to plot (default: those of ``lm_ppl``, ``bleu``, ``entropy``, ``self_bleu``, ``dist-2``,
-            ``chrf`` that some curve has).
+        metrics: the metrics to plot (default: those of ``lm_ppl``, ``bleu``, ``entropy``, ``corpus_entropy``,
+            ``self_bleu``, ``dist-2``, ``chrf`` that some curve has).
 
     Returns:
         The PNGs written ([] and a warning when no run has a learning curve).
@@ -144,7 +144,8 @@ def plot_learning_curves(runs: Sequence[Any], labels: Mapping[Path, str], out_di
         log.warning("learning curves: no run directory has a %s", CURVE_FILE)
         return []
     found = {k for _, rows in series.values() for r in rows for k, v in r.items() if isinstance(v, (int, float))}
-    wanted = metrics or [m for m in ("lm_ppl", "bleu", "entropy", "self_bleu", "dist-2", "chrf") if m in found]
+    wanted = metrics or [m for m in ("lm_ppl", "bleu", "entropy", "corpus_entropy", "self_bleu", "dist-2", "chrf")
+                         if m in found]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -13,6 +13,7 @@ from textdiff.metrics.text import (
     bleu_against_set,
     corpus_bleu,
     corpus_chrf,
+    corpus_entropy,
     dist_n,
     distinct_n,
     diversity,
@@ -25,7 +26,7 @@ from textdiff.metrics.text import (
 )
 
 __all__ = [
-    "EVALUATE_MODULES", "MeanNLL", "bleu_against_set", "corpus_bleu", "corpus_chrf", "dist_n", "distinct_n",
-    "diversity", "evaluate_module_path", "lm_perplexity", "lm_perplexity_per_text", "memorization",
+    "EVALUATE_MODULES", "MeanNLL", "bleu_against_set", "corpus_bleu", "corpus_chrf", "corpus_entropy", "dist_n",
+    "distinct_n", "diversity", "evaluate_module_path", "lm_perplexity", "lm_perplexity_per_text", "memorization",
     "nll_summary", "rouge", "score_conditional", "score_unconditional", "self_bleu", "unigram_entropy",
 ]

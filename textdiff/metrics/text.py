@@ -373,6 +373,31 @@ def unigram_entropy(samples: Sequence[str], tokenize: str = "13a") -> float:
     return math.fsum(per_sample) / len(samples)
 
 
+def corpus_entropy(samples: Sequence[str], tokenize: str = "13a") -> float:
+    """Unigram entropy (nats) of all the samples' tokens pooled: how varied the words are *across* the set.
+
+    With c_w the count of token w over every sample (tokenised as ``unigram_entropy``) and N = sum_w c_w,
+    H = -sum_w (c_w / N) ln(c_w / N). Short samples (a sentence of six words) barely repeat a word, so their
+    per-sample entropy (``unigram_entropy``) stays near ln(length) whatever the sampler; lowering the temperature
+    shows here instead (fewer, commoner words). A plug-in estimate: it grows with the number of samples, so
+    compare sets of the same size. 0 for no tokens.
+
+    Args:
+        samples: the generated texts.
+        tokenize: sacreBLEU tokenizer name.
+
+    Returns:
+        The entropy in nats (>= 0).
+
+    Raises:
+        ValueError: empty ``samples``.
+    """
+    _nonempty(samples, "samples")
+    counts = Counter(tok for toks in _tokens(samples, tokenize) for tok in toks)
+    total = sum(counts.values())
+    return 0.0 - math.fsum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
+
+
 def score_unconditional(samples: Sequence[str], reference_set: Optional[Sequence[str]] = None,
                         train_texts: Optional[Sequence[str]] = None,
                         tokenize: str = "13a") -> dict[str, Any]:
@@ -387,7 +412,8 @@ def score_unconditional(samples: Sequence[str], reference_set: Optional[Sequence
     Returns:
         ``num_samples``, ``mean_length`` (whitespace tokens of the raw texts), ``self_bleu`` (NaN
         for a single sample), ``dist-1`` .. ``dist-4``, ``diversity``, ``entropy`` (mean per-sample
-        unigram entropy in nats, ``unigram_entropy``); ``bleu`` and ``bleu_signature`` with a
+        unigram entropy in nats, ``unigram_entropy``), ``corpus_entropy`` (of the pooled tokens,
+        ``corpus_entropy``); ``bleu`` and ``bleu_signature`` with a
         reference set; ``memorization`` with training texts.
 
     Raises:
@@ -403,6 +429,7 @@ def score_unconditional(samples: Sequence[str], reference_set: Optional[Sequence
     out.update(dist_n(samples, tokenize=tokenize))
     out["diversity"] = diversity(samples, tokenize=tokenize)
     out["entropy"] = unigram_entropy(samples, tokenize=tokenize)
+    out["corpus_entropy"] = corpus_entropy(samples, tokenize=tokenize)
     if train_texts is not None:
         out["memorization"] = memorization(samples, train_texts, tokenize=tokenize)
     return out

@@ -158,7 +158,7 @@ class SampleAndScore(pl.Callback):
         scores = score_unconditional(sentences, reference_set=refs)
         if self.lm is not None:
             scores.update(score_with_judges([{"text": s} for s in sentences], {"lm": self.lm}))
-        for key in ("bleu", "self_bleu", "dist-1", "dist-2", "entropy", "mean_length", "lm_ppl"):
+        for key in ("bleu", "self_bleu", "dist-1", "dist-2", "entropy", "corpus_entropy", "mean_length", "lm_ppl"):
             if key in scores:
                 pl_module.log(f"sample/{key}", float(scores[key]), rank_zero_only=True)
         self._record(trainer, {**scores, "num_nonempty": len(sentences)})
