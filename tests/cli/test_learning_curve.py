@@ -22,18 +22,23 @@ class _Linear(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_flops_are_the_first_batch_count_times_the_batches(tmp_path):
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 8)), batch_size=10)
+def test_flops_are_the_first_batch_count_scaled_by_the_batch_sizes(tmp_path):
+    # 40 examples in batches of 15: 15, 15, 10, 15, 15, 10 rows; each row also has 3 integer "ids" (the size)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 8),
+                                                                      torch.zeros(40, 3, dtype=torch.long)),
+                                       batch_size=15)
     cb = SampleAndScore(curve=str(tmp_path / "curve.jsonl"))
     trainer = pl.Trainer(max_steps=6, max_epochs=-1, callbacks=[cb], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(_Linear(), data)
-    # forward: one (10 x 8) @ (8 x 4) product = 2*10*8*4 FLOPs; backward: the weight's gradient only (the input
+    # forward: one (15 x 8) @ (8 x 4) product = 2*15*8*4 FLOPs; backward: the weight's gradient only (the input
     # needs none), one product of the same size
-    assert cb._flops_per_batch == 2 * (2 * 10 * 8 * 4)
+    assert cb._first == (2 * (2 * 15 * 8 * 4), 15 * 3)
     cb._record(trainer, {"bleu": 1.5, "signature": "x", "flag": True})
     row = json.loads((tmp_path / "curve.jsonl").read_text())
-    assert row["train_flops"] == 6 * 2 * (2 * 10 * 8 * 4) and row["global_step"] == 6 and row["fraction"] == 1.0
+    assert row["train_tokens"] == 3 * (15 + 15 + 10 + 15 + 15 + 10)
+    # every row costs the same: FLOPs = 4 * 8 * 4 per row, times the 80 rows trained
+    assert row["train_flops"] == 2 * (2 * 8 * 4) * 80 and row["global_step"] == 6 and row["fraction"] == 1.0
     assert row["bleu"] == 1.5 and "signature" not in row and "flag" not in row and row["train_seconds"] > 0
 
 
@@ -53,5 +58,7 @@ def test_learning_curve_through_textdiff_train_survives_a_resume(shared_data, tm
     seconds = [r["train_seconds"] for r in rows]
     assert all(b > a for a, b in zip(seconds, seconds[1:]))  # the clock continues after the resume
     flops = [r["train_flops"] for r in rows]
-    assert flops[0] > 0 and flops == [flops[0] * k for k in (1, 2, 3, 4)]  # fixed shapes: FLOPs ∝ steps
+    tokens = [r["train_tokens"] for r in rows]
+    assert tokens == [tokens[0] * k for k in (1, 2, 3, 4)]  # fixed shapes (max_len 24): equal batches
+    assert flops[0] > 0 and flops == [flops[0] * k for k in (1, 2, 3, 4)]  # so FLOPs ∝ steps
     assert all("self_bleu" in r and "entropy" in r and r["num_samples"] == 6 for r in rows)

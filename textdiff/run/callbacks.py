@@ -31,9 +31,11 @@ class SampleAndScore(pl.Callback):
     training so far, validation and these evaluations excluded), ``train_flops`` (floating-point operations
     of training so far: the first training batch's forward and backward pass counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, attention, convolutions, from the
-    operands' shapes; the optimizer update and element-wise work are not counted), times the batches
-    trained (optimizer steps x accumulated batches), times the processes) and the scores. The clock and the
-    FLOP count are kept in checkpoints, so a resumed run continues its curve. ``lm`` (a (model, tokenizer) judge, see
+    operands' shapes; the optimizer update and element-wise work are not counted), scaled to every batch
+    trained by its size (``train_tokens``: the elements of the batch's integer tensors of two or more
+    dimensions, i.e. its padded token positions; exact for fixed shapes, linear in the length otherwise),
+    times the processes) and the scores. The clock and the counts are kept in checkpoints, so a resumed run
+    continues its curve. ``lm`` (a (model, tokenizer) judge, see
     ``textdiff.run.evaluation.score_with_judges``; set by ``textdiff-train`` from ``judge_run``) adds the
     judge's perplexity of the samples (``lm_ppl``).
 
@@ -55,18 +57,20 @@ class SampleAndScore(pl.Callback):
         self.judge_run, self.lm = judge_run, None
         self._count = 0
         # learning-curve clock and FLOP count (kept in checkpoints: state_dict)
-        self._seconds, self._flops_per_batch = 0.0, None
+        self._seconds, self._first, self._tokens = 0.0, None, 0  # _first: (FLOPs, size) of the first batch
         self._since: Optional[float] = None
         self._counter: Any = None
+        self._size = 0  # the current batch's positions
 
     # --- the learning curve's clock and FLOP count -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The curve's clock and FLOPs per batch (restored on resume)."""
-        return {"seconds": self._clock(), "flops_per_batch": self._flops_per_batch, "count": self._count}
+        """The curve's clock, the first batch's FLOPs and size, the positions trained (restored on resume)."""
+        return {"seconds": self._clock(), "first_batch": self._first, "tokens": self._tokens, "count": self._count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict``'s values."""
-        self._seconds, self._flops_per_batch = float(state["seconds"]), state["flops_per_batch"]
+        self._seconds, self._tokens = float(state["seconds"]), int(state["tokens"])
+        self._first = None if state["first_batch"] is None else tuple(state["first_batch"])
         self._count = int(state.get("count", 0))
 
     def _clock(self) -> float:
@@ -91,7 +95,11 @@ class SampleAndScore(pl.Callback):
             self._since = time.perf_counter()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self.curve is not None and self._flops_per_batch is None and self._counter is None:
+        if self.curve is None:
+            return
+        self._size = _positions(batch)
+        self._tokens += self._size  # counted here: a checkpoint written at this batch's end includes it
+        if self._first is None and self._counter is None:
             from torch.utils.flop_counter import FlopCounterMode
 
             self._counter = FlopCounterMode(display=False)
@@ -101,7 +109,7 @@ class SampleAndScore(pl.Callback):
                            batch_idx: int) -> None:
         if self._counter is not None:  # the first batch's forward and backward pass
             self._counter.__exit__(None, None, None)
-            self._flops_per_batch, self._counter = int(self._counter.get_total_flops()), None
+            self._first, self._counter = (int(self._counter.get_total_flops()), self._size), None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         if self._counter is not None:
@@ -111,13 +119,13 @@ class SampleAndScore(pl.Callback):
     def _record(self, trainer: pl.Trainer, scores: dict[str, Any]) -> None:
         if self.curve is None:
             return
-        flops = (None if self._flops_per_batch is None
-                 else self._flops_per_batch * trainer.global_step * trainer.accumulate_grad_batches
-                 * trainer.world_size)
+        flops = (None if self._first is None or not self._first[1]
+                 else round(self._first[0] * self._tokens / self._first[1]) * trainer.world_size)
         row = {"global_step": int(trainer.global_step),
                "fraction": (trainer.global_step / trainer.max_steps if trainer.max_steps and trainer.max_steps > 0
                             else None),
-               "train_seconds": round(self._clock(), 3), "train_flops": flops, "num_samples": self.num_samples,
+               "train_seconds": round(self._clock(), 3), "train_flops": flops,
+               "train_tokens": self._tokens * trainer.world_size, "num_samples": self.num_samples,
                "num_steps": self.num_steps,
                **{k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
         self.curve.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +192,18 @@ class SampleAndScore(pl.Callback):
         shown = "\n".join(f"    {r['hypothesis']}  <=  {r['references'][0]}" for r in records[: self.show])
         log.info("step %d: BLEU on %d %s sources %.2f:\n%s", trainer.global_step, len(records), split,
                  scores["bleu"], shown)
+
+
+def _positions(batch: Any) -> int:
+    """The padded token positions of a batch: the elements of its integer tensors of two or more dimensions
+    (ids, masks), through dicts, lists and tuples; the measure ``SampleAndScore`` scales FLOPs by."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() if batch.dim() >= 2 and not batch.is_floating_point() else 0
+    if isinstance(batch, dict):
+        return sum(_positions(v) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        return sum(_positions(v) for v in batch)
+    return 0
 
 
 class StepProgressBar(RichProgressBar):
