@@ -32,10 +32,10 @@ class SampleAndScore(pl.Callback):
     of training so far: the first training batch's forward and backward pass counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, attention, convolutions, from the
     operands' shapes; the optimizer update and element-wise work are not counted), scaled to every batch
-    trained by its size (``train_tokens``: the elements of the batch's integer tensors of two or more
-    dimensions, i.e. its padded token positions; exact for fixed shapes, linear in the length otherwise),
-    times the processes) and the scores. The clock and the counts are kept in checkpoints, so a resumed run
-    continues its curve. ``lm`` (a (model, tokenizer) judge, see
+    trained by its size (``train_tokens``: its padded token positions, source and target, see ``_positions``;
+    exact for fixed shapes, linear in the length otherwise), times the processes) and the scores. The clock and
+    the counts are kept in checkpoints, so a resumed run continues its curve. ``lm`` (a (model, tokenizer)
+    judge, see
     ``textdiff.run.evaluation.score_with_judges``; set by ``textdiff-train`` from ``judge_run``) adds the
     judge's perplexity of the samples (``lm_ppl``).
 
@@ -195,12 +195,14 @@ class SampleAndScore(pl.Callback):
 
 
 def _positions(batch: Any) -> int:
-    """The padded token positions of a batch: the elements of its integer tensors of two or more dimensions
-    (ids, masks), through dicts, lists and tuples; the measure ``SampleAndScore`` scales FLOPs by."""
+    """The padded token positions of a batch, the measure ``SampleAndScore`` scales FLOPs by: the elements of its
+    token-id tensors (a dict's ``ids``, ``src_ids``, ... : keys ending in "ids"), or of every integer tensor of two
+    or more dimensions in a batch that is not a dict (through lists and tuples)."""
+    if isinstance(batch, dict):
+        ids = [v for k, v in batch.items() if str(k).endswith("ids") and isinstance(v, torch.Tensor)]
+        return sum(v.numel() for v in ids) if ids else _positions(list(batch.values()))
     if isinstance(batch, torch.Tensor):
         return batch.numel() if batch.dim() >= 2 and not batch.is_floating_point() else 0
-    if isinstance(batch, dict):
-        return sum(_positions(v) for v in batch.values())
     if isinstance(batch, (list, tuple)):
         return sum(_positions(v) for v in batch)
     return 0
