@@ -35,8 +35,7 @@ class SampleAndScore(pl.Callback):
     trained by its size (``train_tokens``: its padded token positions, source and target, see ``_positions``;
     exact for fixed shapes, linear in the length otherwise), times the processes) and the scores. The clock and
     the counts are kept in checkpoints, so a resumed run continues its curve. ``lm`` (a (model, tokenizer)
-    judge, see
-    ``textdiff.run.evaluation.score_with_judges``; set by ``textdiff-train`` from ``judge_run``) adds the
+    judge, see ``textdiff.run.evaluation.score_with_judges``; set by ``textdiff-train`` from ``judge_run``) adds the
     judge's perplexity of the samples (``lm_ppl``).
 
     Args:
