@@ -16,7 +16,8 @@
 # tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps
 # (CPU: 500); JUDGE_STEPS= the judge's steps (CPU: 2 x STEPS); JOBS=N runs N jobs at once, each on nproc/N threads
 # (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge beside LD4LG's stages, the table's entrants
-# (hydra/launcher=parallel), the K sweep.
+# (hydra/launcher=parallel), the K sweep. RESUME=1 (with SKIP_PREP=1) continues a killed table: every entrant
+# that had started from its last.ckpt (resume=auto), its learning curve included.
 # SCALE=gpu runs the GPU-scale table (conf/compare/e2e_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_e2e_cpu}
@@ -47,7 +48,7 @@ cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"  # the BART was t
 "$BIN/textdiff-train" -m ablation="compare_e2e_$SCALE" compare.steps="$STEPS" \
   compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" \
   compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" hydra.sweep.dir="$OUT/table" \
-  trainer.enable_progress_bar=false "${launcher[@]}"
+  trainer.enable_progress_bar=false ${RESUME:+resume=auto} "${launcher[@]}"
 text=() d2t=()
 for run in "$OUT"/table/*/; do
   if grep -q Seq2SeqDataModule "$run/config.yaml"; then d2t+=("$run"); else text+=("$run"); fi

@@ -6,6 +6,8 @@
 # arrays `common` (every preparation run), `bart` (LD4LG stage 0) and `launcher` (the table's multirun), and the
 # functions `spawn` / `wait_all` (at most $JOBS commands at once) and `k_sweep`.
 SCALE=${SCALE:-cpu}
+# the cores (GNU nproc reports OMP_NUM_THREADS instead when it is set: not what JOBS should follow)
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 KS=${KS:-10,50,200}
 TS=${TS:-0.5,0.8,1.2}   # sampling temperatures of the frontier's AR LM and unigram-reference curves
 SWEEP_SAMPLES=${SWEEP_SAMPLES:-200}   # samples of each K / temperature point: the table's eval.num_samples (a
@@ -20,7 +22,7 @@ if [ "$SCALE" = gpu ]; then
 elif [ "$SCALE" = cpu ]; then
   STEPS=${STEPS:-500}
   JUDGE_STEPS=${JUDGE_STEPS:-$((2 * STEPS))}
-  JOBS=${JOBS:-$(nproc)}   # one-thread runs side by side, one per core
+  JOBS=${JOBS:-$CORES}   # one-thread runs side by side, one per core
   common=(trainer.enable_progress_bar=false)
   bart=()
 else
@@ -29,7 +31,7 @@ else
 fi
 WARMUP=$(( STEPS / 5 ))   # LD4LG stages 0-1 (the table follows compare.steps: conf/compare/*.yaml, td.div)
 # every process of the script (preparation runs, the table's jobs, the K sweep) gets its share of the cores
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))}
 launcher=()
 [ "$JOBS" -le 1 ] || launcher=(hydra/launcher=parallel hydra.launcher.n_jobs="$JOBS")
 # spawn CMD...: run CMD in the background once fewer than $JOBS are running; wait_all: wait for them (and stop the

@@ -17,7 +17,8 @@
 # tokenizer: a judge scores text with its own); SKIP_PREP=1 reuses steps 0-2; STEPS= overrides compare.steps
 # (CPU: 500); JUDGE_STEPS= the judge's steps (CPU: 2 x STEPS); JOBS=N runs N jobs at once, each on nproc/N threads
 # (default: one per core at SCALE=cpu, 1 at SCALE=gpu): the judge beside LD4LG's stages, the table's entrants
-# (hydra/launcher=parallel), the K sweep.
+# (hydra/launcher=parallel), the K sweep. RESUME=1 (with SKIP_PREP=1) continues a killed table: every entrant
+# that had started from its last.ckpt (resume=auto), its learning curve included.
 # SCALE=gpu runs the GPU-scale table (conf/compare/tatoeba_gpu.yaml: 20,000 steps of 128, bart-base-sized stage 0).
 set -euo pipefail
 OUT=${1:-outputs/experiments/compare_tatoeba_cpu}
@@ -49,7 +50,7 @@ cmp "$OUT/tokenizer/vocab.json" "$OUT/ae/tokenizer/vocab.json"
 "$BIN/textdiff-train" -m ablation="compare_tatoeba_$SCALE" compare.steps="$STEPS" \
   compare.judge="${JUDGE:-$OUT/judge}" compare.tokenizer="$OUT/tokenizer" \
   compare.ld4lg_autoencoder="$OUT/ae/checkpoints/last.ckpt" hydra.sweep.dir="$OUT/table" \
-  trainer.enable_progress_bar=false "${launcher[@]}"
+  trainer.enable_progress_bar=false ${RESUME:+resume=auto} "${launcher[@]}"
 for run in "$OUT"/table/*/; do sweep "$run"; done
 wait_all
 "$BIN/textdiff-report" "$OUT/table" --columns task_name --out "$OUT/report" \

@@ -146,3 +146,17 @@ def test_a_sampler_override_that_does_not_fit_is_named(tmp_path):
         out = _run("sample", [f"run_dir={run_dir}", "ckpt=last", "num_samples=2", *bad])
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert f"textdiff-sample: {bad[0]}" in out.stderr and said in out.stderr, out.stderr[-2000:]
+
+
+def test_resume_auto_starts_a_fresh_run_and_continues_a_started_one(shared_data, tmp_path):
+    run_dir = tmp_path / "run"
+    common = [*TINY, "evaluate=false", f"hydra.run.dir={run_dir}", "resume=auto",
+              "callbacks.last_checkpoint.every_n_steps=5"]
+    out = _run("train", [*common, "trainer.max_steps=5"])  # no checkpoint yet: starts
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run("train", [*common, "trainer.max_steps=10"])  # continues at step 5
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from" in out.stderr + out.stdout
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
+    out = _run("train", [*TINY, "evaluate=false", f"hydra.run.dir={tmp_path / 'bad'}", "resume=maybe"])
+    assert out.returncode != 0 and "resume='maybe'" in out.stderr + out.stdout

@@ -45,9 +45,16 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> Optional[str]:
-    if not cfg.get("resume", False):
+    """``last.ckpt`` of ``run_dir`` to continue from: with ``resume=true`` (it must exist) or ``resume=auto`` (a
+    fresh run when it does not: a multirun restarted after a kill continues the entrants it had started)."""
+    mode = cfg.get("resume", False)
+    if mode not in (True, False, "auto"):
+        raise ConfigError(f"resume={mode!r}; expected true, false or auto")
+    if not mode:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.exists() and mode == "auto":
+        return None
     if not last.exists():
         raise ConfigError(
             f"resume=true but there is no checkpoint at {last}; pass the killed run's directory as "
