@@ -45,7 +45,8 @@ def check_options(sampler: Any) -> None:
     """Raise ValueError for a ``Sampler`` whose unmasking options do not fit: an unknown ``unmask``, ``confidence``
     or ``draw``, ``threshold`` outside (0, 1), ``block_length`` < 1 or without a confidence policy, or a policy
     other than "schedule" on a Gaussian process or with options of the schedule's loop (``early_stop``,
-    ``self_condition``, ``closed_form_posterior``)."""
+    ``self_condition``). ``closed_form_posterior`` (on in ``conf/sampler/absorbing.yaml``) does not apply to a
+    policy and is ignored: a policy draws from the filtered x0 at the positions it reveals."""
     for name, allowed in (("unmask", UNMASK), ("confidence", CONFIDENCE), ("draw", DRAW)):
         if getattr(sampler, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(sampler, name)!r}")
@@ -60,7 +61,7 @@ def check_options(sampler: Any) -> None:
     if not isinstance(sampler.process, AbsorbingProcess):
         raise ValueError(f"unmask={sampler.unmask!r} chooses which [MASK] positions to reveal: absorbing processes "
                          f"only, got a {type(sampler.process).__name__} (use unmask='schedule')")
-    for name in ("early_stop", "self_condition", "closed_form_posterior"):
+    for name in ("early_stop", "self_condition"):
         if getattr(sampler, name):
             raise ValueError(f"{name} applies to unmask='schedule' only, got unmask={sampler.unmask!r}")
 

@@ -54,7 +54,8 @@ class SamplingRun:
                                          "variance": s.variance, "early_stop": s.early_stop}
         if s is not None and isinstance(s.process, AbsorbingProcess):
             settings.update(reuse_unchanged=s.reuse_unchanged, reveal_first=s.reveal_first,
-                            closed_form_posterior=s.closed_form_posterior, unmask=s.unmask, float64=s.float64)
+                            closed_form_posterior=s.closed_form_posterior and s.unmask == "schedule",
+                            unmask=s.unmask, float64=s.float64)
             if s.unmask != "schedule":  # a parallel-decoding policy (textdiff.core.unmasking)
                 settings.update(confidence=s.confidence, block_length=s.block_length, draw=s.draw,
                                 **({"threshold": s.threshold} if s.unmask == "threshold" else {}))
