@@ -62,3 +62,20 @@ def test_learning_curve_through_textdiff_train_survives_a_resume(shared_data, tm
     assert tokens == [tokens[0] * k for k in (1, 2, 3, 4)]  # fixed shapes (max_len 24): equal batches
     assert flops[0] > 0 and flops == [flops[0] * k for k in (1, 2, 3, 4)]  # so FLOPs ∝ steps
     assert all("self_bleu" in r and "entropy" in r and r["num_samples"] == 6 for r in rows)
+
+
+def test_the_curve_and_the_final_evaluation_score_with_the_judge(shared_data, tmp_path):
+    judge = tmp_path / "judge"
+    out = _run("train", ["experiment=ar_lm_e2e_cpu", "data.max_train_examples=256", "data.max_eval_examples=32",
+                         "data.batch_size=16", "model.network.dim=32", "model.network.dec_depth=1",
+                         "model.network.heads=2", "model.network.ffn_dim=64", "trainer.max_steps=5",
+                         "evaluate=false", "trainer.enable_progress_bar=false", f"hydra.run.dir={judge}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    out = _run("train", [*TINY, "trainer.max_steps=10", f"hydra.run.dir={run_dir}",
+                         f"+callbacks.sample_and_score.curve={run_dir / 'learning_curve.jsonl'}",
+                         f"+callbacks.sample_and_score.judge_run={judge}", f"eval.lm={judge}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "learning_curve.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in rows] == [10] and rows[0]["lm_ppl"] > 1
+    assert json.loads((run_dir / "metrics.json").read_text())["lm_ppl"] > 1

@@ -436,7 +436,9 @@ def _report(args: argparse.Namespace) -> None:
             if frontiers or args.learning_curves:
                 from textdiff.cli.report_plots import CurveError, plot_frontier, plot_learning_curves
 
-                every = collect_runs(args.paths, "metrics*.json")
+                # the frontier reads every metrics file of a run (the table's runs, when they are those already)
+                every = (runs if not frontiers or metrics_pattern(args.metrics_file) == "metrics*.json"
+                         else collect_runs(args.paths, "metrics*.json"))
                 names = [c for c in table.columns if c != "metrics_file"]
                 labels = {r.path: ", ".join(show_value(r.value(c)) for c in names) for r in every}
                 for pair in frontiers:

@@ -125,9 +125,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     callbacks = _build_list(cfg, "callbacks")
-    for cb in callbacks:  # the periodic sample-and-score's judge (its learning curve's lm_ppl)
+    curve_judges: dict[str, Any] = {}  # the periodic sample-and-score's judge (its learning curve's lm_ppl)
+    for cb in callbacks:
         if isinstance(cb, SampleAndScore) and cb.judge_run:
-            cb.lm = load_judges(cb.judge_run, None)["lm"]
+            if str(cb.judge_run) not in curve_judges:
+                curve_judges[str(cb.judge_run)] = load_judges(cb.judge_run, None)["lm"]
+            cb.lm = curve_judges[str(cb.judge_run)]
     if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     loggers = _build_list(cfg, "logger")
@@ -162,12 +165,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("evaluate", True) and trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
         ev = cfg.eval
         attach_reranker(model, ev.get("reranker"), dm.tokenizer)
+        lm_run = ev.get("lm")  # loaded once when the learning curve uses the same judge
+        judges = load_judges(None if str(lm_run) in curve_judges else lm_run, ev.get("classifier"),
+                             str(model.device), ev.get("mauve"))
+        if str(lm_run) in curve_judges:
+            judges["lm"] = curve_judges[str(lm_run)]
         records, scores = evaluate(
             model, dm, split=ev.split, num_samples=ev.num_samples, batch_size=int(ev.batch_size),
             seed=int(ev.seed), nll_batches=int(ev.nll_batches), nll_num_t=int(ev.nll_num_t),
             sampler=OmegaConf.to_container(ev.sampler, resolve=True) if ev.get("sampler") else None,
             generate_kwargs=OmegaConf.to_container(ev.generate, resolve=True) if ev.get("generate") else None,
-            judges=load_judges(ev.get("lm"), ev.get("classifier"), str(model.device), ev.get("mauve")),
+            judges=judges,
         )
         metrics.update(scores)
         samples_path, metrics_path = write_outputs(run_dir, records, metrics)
