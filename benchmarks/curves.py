@@ -13,6 +13,9 @@ second and network evaluations per sequence. The grid follows the model's proces
 - Gaussian, conditional (Difformer): K x candidates (1 x 1, 3 x 2, 7 x 3), early stopping at K / 4 as the
   preset's 20 / 5, and both DPM-Solver++(2M) forms at 3 x 2 (no early stopping).
 
+The sampler's overhead over its bare denoiser calls is measured too, on the trained model at the run's own
+settings (``sampler_overhead`` in the JSON; ``--no-overhead`` skips it).
+
 ``--ar-run`` adds an autoregressive baseline's points on the same axes (its KV-cached decoding: greedy and beam 4
 for a translation model, ancestral sampling for a language model). ``--latency N`` also decodes the first N test
 sources (or samples) one at a time (batch 1) with the fastest settings and the AR greedy decoder.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -109,6 +113,33 @@ def measure(model: Any, dm: Any, setting: dict[str, Any], *, num: int, batch_siz
     nfe = (metrics.get("sampler") or {}).get("nfe_per_sequence")
     return {**setting, "quality": _quality(metrics), "sentences_per_second": speed, "nfe_per_sequence": nfe,
             "seconds": metrics.get("sampling_seconds")}
+
+
+def sampler_overhead(model: Any, dm: Any, *, num: int, batch_size: int, seed: int, generate: dict[str, Any],
+                     repeats: int = 3, sampler: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The trained model's sampler overhead at its own settings (the preset's K and sampler): the wall time of
+    the ``Sampler.sample`` calls while decoding ``num`` test sources (or samples) against the same denoiser
+    calls made bare (``benchmarks.families.SamplerProbe``), interleaved, median of ``repeats``. A random-weight
+    model (``benchmarks.families``) reveals and stops differently from a trained one; this is the figure of
+    the model the curves are about. ``sampler``: overrides of the run's sampler (``--quick``: K = 4)."""
+    from benchmarks.families import SamplerProbe
+
+    probe = SamplerProbe(str(model.device))
+    run = {"curve": "preset", "label": "overhead", "sampler": dict(sampler or {})}
+    with torch.no_grad():
+        bare, full = [], []
+        for _ in range(repeats + 1):  # the first pass records the calls and warms up
+            with probe.active():
+                measure(model, dm, run, num=num, batch_size=batch_size, seed=seed, generate=generate)
+            full.append(probe.sample_seconds)
+            model.eval()
+            bare.append(probe.replay())
+    bare, full = bare[1:], full[1:]
+    return {"num_steps": int(model.build_sampler(**run["sampler"]).num_steps), "denoiser_calls": len(probe.calls),
+            "rows_per_call": int(probe.x.shape[0]), "bare_seconds": [round(b, 4) for b in bare],
+            "sampler_seconds": [round(f, 4) for f in full],
+            "overhead_ratio": round(statistics.median(full) / statistics.median(bare), 4),
+            "overhead_ratio_best": round(min(full) / min(bare), 4)}
 
 
 def ar_settings(model: Any) -> list[dict[str, Any]]:
@@ -235,6 +266,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-overhead", action="store_true", help="skip the sampler overhead at the run's settings")
     ap.add_argument("--only", default=None, help="comma-separated curve names to keep (default: all)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: K in {2, 4}, 8 sentences")
     ap.add_argument("--replot", type=Path, default=None, help="redraw the PNG of an existing JSON and stop")
@@ -270,6 +302,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     for setting in grid:
         points.append(_shown(measure(model, dm, setting, num=num, batch_size=args.batch_size, seed=args.seed,
                                      generate=generate)))
+    overhead = None
+    if not args.no_overhead:
+        overhead = sampler_overhead(model, dm, num=num, batch_size=args.batch_size, seed=args.seed,
+                                    generate=generate, repeats=1 if args.quick else 3,
+                                    sampler={"num_steps": 4} if args.quick else None)
+        print(json.dumps({"sampler_overhead": overhead}))
     ar_model = ar_dm = None
     if args.ar_run is not None:
         ar_model, ar_dm, _, _ = load_run(args.ar_run, "last", args.device)
@@ -289,6 +327,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 "ar_run": str(args.ar_run) if args.ar_run else None},
         "num": num, "batch_size": args.batch_size, "seed": args.seed, "conditional": bool(model.conditional),
         "quality_key": "bleu", "points": points, "latency_batch1": lat,
+        "sampler_overhead": overhead,
     }
     path = write_result(result, args.out, f"curves_{args.name}", args.device, args.quick)
     plot(result, path.with_suffix(".png"))

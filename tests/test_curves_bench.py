@@ -28,4 +28,8 @@ def test_quick_curves_of_a_saved_run(tmp_path, one_thread, overrides, curve_name
     for p in result["points"]:
         assert p["sentences_per_second"] > 0 and p["nfe_per_sequence"] > 0 and "bleu" in p["quality"]
         assert p["nfe_per_sequence"] <= p["sampler"]["num_steps"]
+    over = result["sampler_overhead"]  # Sampler.sample against the same denoiser calls made bare
+    assert len(over["bare_seconds"]) == len(over["sampler_seconds"]) == 1
+    assert 1 <= over["denoiser_calls"] <= over["num_steps"] and over["rows_per_call"] == 8  # one batch of 8
+    assert over["overhead_ratio"] > 0
     assert len(result["latency_batch1"]) == 3 and all(r["seconds_per_sentence"] > 0 for r in result["latency_batch1"])

@@ -149,6 +149,30 @@ def test_reveal_first_exact_with_step_hooks():
     assert torch.equal(fast.x[keep], context[keep])
 
 
+def test_filtered_posterior_goes_on_after_a_step_hook_fills_a_waiting_position():
+    """The closed-form filtered step draws each position's reveal step ahead; a step hook that fills a [MASK]
+    position before its reveal (here: column 1 of every row at the 3rd step) must not stall the later reveals
+    (its pending event once kept the sampler waiting for it: [MASK]s were left)."""
+    calls = []
+
+    def fill(x_s, s, t, x0_hat, x_t):
+        calls.append(1)
+        if len(calls) % 24 == 3:  # the 3rd of 24 steps
+            x_s = x_s.clone()
+            x_s[:, 1] = torch.where(x_s[:, 1] == MASK, 7, x_s[:, 1])
+        return x_s
+
+    fill.reads_x0 = False
+    for reuse in (True, False):
+        sampler = Sampler(_proc(True), num_steps=24, eta=1.0, reuse_unchanged=reuse, hooks=[FRAME],
+                          closed_form_posterior=True)
+        out = sampler.sample(_denoiser(), (12, 10), x_init=_init(), step_hooks=[fill],
+                             posterior_filter=LogitFilter(top_k=3, temperature=0.5),
+                             generator=torch.Generator().manual_seed(3))
+        assert not (out.x == MASK).any()
+        assert (out.x[:, 1] == 7).sum() >= 6  # most rows still had it masked at the 3rd step
+
+
 def test_rowwise_hooks_only():
     """A hook that is not declared row-wise runs the reference step (same samples as reveal_first=False)."""
     def plain_hook(x0, t):  # acts on (B, L, V) as a whole

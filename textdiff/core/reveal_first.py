@@ -249,6 +249,7 @@ class RevealFirst:
             if k != self.next_event:
                 return x
             flat = (self.event == k).nonzero().squeeze(1)
+            self.event.index_fill_(0, flat, self.NEVER)  # (before a filled position is dropped: it waits no more)
             if self.step_hooks:  # a step hook may have filled one
                 flat = flat[x.view(-1).index_select(0, flat) == self.mask_id]
             if self.kk is None:  # the whole row: p(v) ∝ exp(l_v / T)
@@ -257,7 +258,6 @@ class RevealFirst:
                                             float64=self.float64, method="inverse_cdf")
             else:
                 tokens = self.event_token.index_select(0, flat)
-            self.event.index_fill_(0, flat, self.NEVER)
             self.next_event = int(self.event.min())
             x = x.clone()
             x.view(-1).index_copy_(0, flat, tokens)
