@@ -44,6 +44,20 @@ DEFAULT_TAUS = (0.5, 0.7, 0.9, 0.95)
 CANDIDATES = ((1, 1), (3, 2), (7, 3))
 
 
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--sampler``) -> a dict, each value read as YAML (true, 0.5, null, text).
+    A malformed item raises ``SystemExit`` naming it."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--sampler {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def absorbing_grid(ks: list[int], taus: list[float], preset_k: int, conditional: bool) -> list[dict[str, Any]]:
     """The settings of an absorbing model: (curve, label, sampler overrides) dicts. The policies draw the revealed
     tokens from x0 for an unconditional model (argmax would give one sample per length: self-BLEU 98.9 on the
@@ -266,6 +280,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sampler", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sampler setting for every point of the run (not the AR baseline's), over the run's "
+                         "config, e.g. closed_form_posterior=true for a run saved before it was the default")
     ap.add_argument("--no-overhead", action="store_true", help="skip the sampler overhead at the run's settings")
     ap.add_argument("--only", default=None, help="comma-separated curve names to keep (default: all)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: K in {2, 4}, 8 sentences")
@@ -286,6 +303,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     taus = [0.9] if args.quick else [float(t) for t in args.taus.split(",")]
     num = 8 if args.quick else args.num
     model, dm, cfg, ckpt = load_run(args.run_dir, args.ckpt, args.device)
+    fixed = parse_settings(args.sampler)
     preset = model.build_sampler()
     node = OmegaConf.select(cfg, "eval.generate")  # the run's own decoding settings (Difformer: 3 x 2 candidates)
     generate = {k: v for k, v in (OmegaConf.to_container(node) if node is not None else {}).items() if v is not None}
@@ -298,6 +316,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.only:
         wanted = set(args.only.split(","))
         grid = [g for g in grid if g["curve"] in wanted]
+    grid = [{**g, "sampler": {**fixed, **g.get("sampler", {})}} for g in grid]
     points = []
     for setting in grid:
         points.append(_shown(measure(model, dm, setting, num=num, batch_size=args.batch_size, seed=args.seed,
@@ -306,7 +325,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if not args.no_overhead:
         overhead = sampler_overhead(model, dm, num=num, batch_size=args.batch_size, seed=args.seed,
                                     generate=generate, repeats=1 if args.quick else 3,
-                                    sampler={"num_steps": 4} if args.quick else None)
+                                    sampler={**fixed, **({"num_steps": 4} if args.quick else {})})
         print(json.dumps({"sampler_overhead": overhead}))
     ar_model = ar_dm = None
     if args.ar_run is not None:
@@ -325,7 +344,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "machine": machine(args.device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "run": {"dir": str(args.run_dir), "checkpoint": str(ckpt), "experiment": str(cfg.get("task_name")),
                 "ar_run": str(args.ar_run) if args.ar_run else None},
-        "num": num, "batch_size": args.batch_size, "seed": args.seed, "conditional": bool(model.conditional),
+        "sampler_settings": fixed, "num": num, "batch_size": args.batch_size, "seed": args.seed,
+        "conditional": bool(model.conditional),
         "quality_key": "bleu", "points": points, "latency_batch1": lat,
         "sampler_overhead": overhead,
     }

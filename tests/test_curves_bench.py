@@ -12,15 +12,19 @@ from tests.cli.test_runs import _saved_run
 TINY_BERT = "model.network.bert={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
 
 
-@pytest.mark.parametrize("overrides, curve_names", [
-    ((), {"ancestral (preset)", "DDIM", "DPM-Solver++(2M)", "SDE-DPM-Solver++(2M)"}),
+@pytest.mark.parametrize("overrides, curve_names, fixed", [
+    ((), {"ancestral (preset)", "DDIM", "DPM-Solver++(2M)", "SDE-DPM-Solver++(2M)"}, {}),
     (("model=diffusion_bert", "sampler=absorbing", "schedule=mutual", "+data.tokenizer.add_mask_token=true",
-      TINY_BERT), {"ancestral (preset)", "confidence (prob)", "confidence (margin)", "threshold"}),
+      TINY_BERT), {"ancestral (preset)", "confidence (prob)", "confidence (margin)", "threshold"},
+     {"closed_form_posterior": False}),
 ])
-def test_quick_curves_of_a_saved_run(tmp_path, one_thread, overrides, curve_names):
+def test_quick_curves_of_a_saved_run(tmp_path, one_thread, overrides, curve_names, fixed):
     run_dir, _ = _saved_run(tmp_path, list(overrides))
+    extra = [f"--sampler={k}={str(v).lower()}" for k, v in fixed.items()]
     result = curves.main(["--run-dir", str(run_dir), "--name", "toy", "--quick", "--out", str(tmp_path / "out"),
-                          "--latency", "2"])
+                          "--latency", "2", *extra])
+    assert result["sampler_settings"] == fixed
+    assert all(p["sampler"].items() >= fixed.items() for p in result["points"] if p["curve"] != "AR")
     path = tmp_path / "out" / "curves_toy_cpu_quick.json"
     assert json.loads(path.read_text())["points"] == json.loads(json.dumps(result["points"]))
     assert path.with_suffix(".png").stat().st_size > 1000
@@ -33,3 +37,10 @@ def test_quick_curves_of_a_saved_run(tmp_path, one_thread, overrides, curve_name
     assert 1 <= over["denoiser_calls"] <= over["num_steps"] and over["rows_per_call"] == 8  # one batch of 8
     assert over["overhead_ratio"] > 0
     assert len(result["latency_batch1"]) == 3 and all(r["seconds_per_sentence"] > 0 for r in result["latency_batch1"])
+
+
+def test_sampler_settings_are_parsed_as_yaml_and_malformed_ones_named():
+    assert curves.parse_settings(["closed_form_posterior=true", "threshold=0.5", "block_length=null"]) == \
+        {"closed_form_posterior": True, "threshold": 0.5, "block_length": None}
+    with pytest.raises(SystemExit, match="'eta'"):
+        curves.parse_settings(["eta"])

@@ -3,6 +3,8 @@
 # benchmarks/curves.py on each trained run with its AR baseline, and the AR baseline's cache benchmark.
 # Usage: experiments/sampling/curves_cpu.sh [OUT_DIR]     (run from the repository root; hours on 2 CPU cores:
 #        the runs of 2026-12-04 were trained on a GPU with the same presets, see experiments/README.md)
+# DiffusionBERT decodes with the closed-form filtered posterior (its default since 2026-12-04) also when DBERT names
+# a run saved before, whose config says closed_form_posterior: false.
 # Reuse trained runs with DLM=<dir> DBERT=<dir> DIFFORMER=<dir> AR=<dir> AR_LM_E2E=<dir> AR_LM_TATOEBA=<dir>.
 set -euo pipefail
 OUT=${1:-outputs/experiments/sampling_curves}
@@ -21,6 +23,7 @@ AR_LM_E2E=$(train AR_LM_E2E ar_lm_e2e_cpu)
 AR_LM_TATOEBA=$(train AR_LM_TATOEBA ar_lm_tatoeba_cpu)
 "$BIN/python" -m benchmarks.curves --run-dir "$DLM" --name diffusion_lm --ar-run "$AR_LM_E2E" --latency 20
 "$BIN/python" -m benchmarks.curves --run-dir "$DBERT" --name diffusion_bert --ar-run "$AR_LM_TATOEBA" --latency 20 \
+  --sampler closed_form_posterior=true \
   --taus 0.1,0.2,0.3,0.5,0.9
 "$BIN/python" -m benchmarks.curves --run-dir "$DIFFORMER" --name difformer --ar-run "$AR" --latency 20
 "$BIN/python" -m benchmarks.ar_decoding --run-dir "$AR" --ckpt last
