@@ -43,7 +43,7 @@ def _fit(tmp_path, **trainer_kwargs):
     record = Record(bar)
     data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)  # 2 batches per epoch
     trainer = pl.Trainer(callbacks=[bar, record, LastCheckpoint(tmp_path, every_n_steps=2)], logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+                         enable_model_summary=False, accelerator="cpu",
                          default_root_dir=tmp_path, **trainer_kwargs)
     trainer.fit(Tiny(), data)
     return record.seen

@@ -159,7 +159,7 @@ def _fit(corpus, tmp_path, tok, max_steps, seen, ckpt=None, every=1000):
 
     dm = StreamingTextDataModule(str(corpus / "train.txt"), max_len=12, batch_size=32, seed=3, shuffle_buffer=16,
                                  tokenizer=tok)
-    trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[LastCheckpoint(str(tmp_path), every)],
                          num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(_Recorder.make(seen), datamodule=dm, ckpt_path=ckpt)

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Checkpoint
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-class LastCheckpoint(pl.Callback):
+class LastCheckpoint(Checkpoint):
     """Write ``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps, at the end of fit (also of a fit
     that stopped before its first step, when there is no ``last.ckpt`` yet) and when training is interrupted
     by Ctrl-C (a SIGKILL cannot be caught: the run then resumes from the last periodic save). Pair it with
     :class:`AtomicCheckpointIO` so that a kill during the save leaves the previous ``last.ckpt`` whole.
+
+    A Lightning ``Checkpoint``, so its hooks run after every other callback's (Lightning's order): a save at a
+    step's end holds that step's EMA update (the ``EMA`` callback's own ``on_train_batch_end``); as a plain
+    callback it ran first, and ``last.ckpt`` lagged the end of fit by one EMA update. Like ``ModelCheckpoint``
+    it cannot be combined with ``Trainer(enable_checkpointing=False)``.
 
     Args:
         dirpath: the run's ``checkpoints/`` directory.
