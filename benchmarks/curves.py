@@ -21,7 +21,8 @@ for a translation model, ancestral sampling for a language model). ``--latency N
 sources (or samples) one at a time (batch 1) with the fastest settings and the AR greedy decoder.
 
     python -m benchmarks.curves --run-dir outputs/curves/dbert_tatoeba --name diffusion_bert \\
-        [--ar-run DIR] [--ks 5,10,20,50,200] [--num 200] [--latency 50] [--device cpu] [--quick]
+        [--ar-run DIR] [--ks 5,10,20,50,200] [--num 200] [--latency 50] [--device cpu] [--quick] \\
+        [--sampler closed_form_posterior=true ...]
 
 Writes ``benchmarks/results/curves_<name>_<device>[_quick].json`` and ``.png``. One thread by default
 (``--threads``), as the other benchmarks; the machine's load is recorded.
@@ -79,14 +80,16 @@ def absorbing_grid(ks: list[int], taus: list[float], preset_k: int, conditional:
 
 
 def gaussian_grid(ks: list[int], preset: dict[str, Any]) -> list[dict[str, Any]]:
-    """The settings of an unconditional Gaussian model."""
+    """The settings of an unconditional Gaussian model. The deterministic samplers (eta = 0) take the posterior
+    ("small") variance whatever the preset's: DDPM's "large" variance (LD4LG's) exists for eta = 1 only."""
     name = "ancestral (preset)" if preset.get("eta", 0.0) else "DDIM (preset)"
     grid = [{"curve": name, "label": f"K={k}", "sampler": {"num_steps": k}} for k in ks]
+    deterministic = {"eta": 0.0, **({"variance": "small"} if preset.get("variance") == "large" else {})}
     if preset.get("eta", 0.0):
-        grid += [{"curve": "DDIM", "label": f"K={k}", "sampler": {"num_steps": k, "eta": 0.0}}
+        grid += [{"curve": "DDIM", "label": f"K={k}", "sampler": {"num_steps": k, **deterministic}}
                  for k in ks]
     grid += [{"curve": "DPM-Solver++(2M)", "label": f"K={k}",
-              "sampler": {"num_steps": k, "solver": "dpmpp_2m", "eta": 0.0}} for k in ks if k <= 50]
+              "sampler": {"num_steps": k, "solver": "dpmpp_2m", **deterministic}} for k in ks if k <= 50]
     if preset.get("eta", 0.0) and preset.get("variance") != "large":
         grid += [{"curve": "SDE-DPM-Solver++(2M)", "label": f"K={k}",
                   "sampler": {"num_steps": k, "solver": "sde_dpmpp_2m", "eta": 1.0}} for k in ks if k <= 50]

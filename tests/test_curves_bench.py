@@ -44,3 +44,13 @@ def test_sampler_settings_are_parsed_as_yaml_and_malformed_ones_named():
         {"closed_form_posterior": True, "threshold": 0.5, "block_length": None}
     with pytest.raises(SystemExit, match="'eta'"):
         curves.parse_settings(["eta"])
+
+
+def test_gaussian_grid_gives_deterministic_samplers_the_posterior_variance():
+    """LD4LG's preset samples with DDPM's "large" variance, which exists for eta = 1 only: the DDIM and
+    DPM-Solver++ points of its grid must ask for the "small" one (the bench stopped there)."""
+    grid = curves.gaussian_grid([5, 10], {"eta": 1.0, "variance": "large"})
+    deterministic = [g["sampler"] for g in grid if g["sampler"].get("eta") == 0.0]
+    assert len(deterministic) == 4 and all(s["variance"] == "small" for s in deterministic)
+    assert not any("SDE" in g["curve"] for g in grid)  # its ancestral correction assumes the posterior variance
+    assert all("variance" not in g["sampler"] for g in curves.gaussian_grid([5], {"eta": 1.0, "variance": "small"}))
