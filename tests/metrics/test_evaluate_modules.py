@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from textdiff.metrics import (
-    EVALUATE_MODULES, bleu_against_set, dist_n, evaluate_module_path, memorization, self_bleu, unigram_entropy,
+    EVALUATE_MODULES, bleu_against_set, corpus_entropy, dist_n, evaluate_module_path, memorization, self_bleu,
+    unigram_entropy,
 )
 
 SUBJECTS = ["The Eagle", "Green Man", "The Golden Palace", "A cheap pub near the river", "Alimentum",
@@ -100,6 +101,9 @@ def test_text_metrics_equal_textdiffs_functions(hf_evaluate):
     entropy = _load(hf_evaluate, "unigram_entropy")
     assert entropy.compute(predictions=samples) == {"entropy": unigram_entropy(samples)}
     assert entropy.compute(predictions=["a a b b", "a a a"])["entropy"] == pytest.approx(math.log(2) / 2)
+    pooled = _load(hf_evaluate, "corpus_entropy")
+    assert pooled.compute(predictions=samples) == {"corpus_entropy": corpus_entropy(samples)}
+    assert pooled.compute(predictions=["a b", "a c"])["corpus_entropy"] == pytest.approx(1.5 * math.log(2))
     mem = _load(hf_evaluate, "memorization")
     got = mem.compute(predictions=samples, train_texts=train)
     assert got == {"memorization": memorization(samples, train)} and 0 < got["memorization"] < 1

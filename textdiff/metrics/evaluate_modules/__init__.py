@@ -19,6 +19,7 @@ name                   textdiff function                                      ex
 ``self_bleu``          ``textdiff.metrics.text.self_bleu``
 ``dist_n``             ``textdiff.metrics.text.dist_n`` (dist-1 .. dist-4)
 ``unigram_entropy``    ``textdiff.metrics.text.unigram_entropy``
+``corpus_entropy``     ``textdiff.metrics.text.corpus_entropy``
 ``memorization``       ``textdiff.metrics.text.memorization``                 ``train_texts``
 ``judge_perplexity``   ``textdiff.metrics.fluency.lm_perplexity`` of a run    ``run_dir``
 =====================  =====================================================  ==========================
@@ -40,6 +41,7 @@ _HOMES = {
     "self_bleu": "metrics/evaluate_modules",
     "dist_n": "metrics/evaluate_modules",
     "unigram_entropy": "metrics/evaluate_modules",
+    "corpus_entropy": "metrics/evaluate_modules",
     "memorization": "metrics/evaluate_modules",
     "judge_perplexity": "cli/evaluate_modules",
 }
