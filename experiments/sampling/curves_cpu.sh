@@ -26,4 +26,9 @@ AR_LM_TATOEBA=$(train AR_LM_TATOEBA ar_lm_tatoeba_cpu)
   --sampler closed_form_posterior=true \
   --taus 0.1,0.2,0.3,0.5,0.9
 "$BIN/python" -m benchmarks.curves --run-dir "$DIFFORMER" --name difformer --ar-run "$AR" --latency 20
+# LD4LG needs its stages 0-1 first: LD4LG=<stage-2 run> (e.g. the Tatoeba table's entrant, experiments/compare/
+# tatoeba_cpu.sh) with LD4LG_AR=<an AR LM run on the same data> adds its curves
+if [ -n "${LD4LG:-}" ]; then
+  "$BIN/python" -m benchmarks.curves --run-dir "$LD4LG" --name ld4lg ${LD4LG_AR:+--ar-run "$LD4LG_AR"} --latency 20
+fi
 "$BIN/python" -m benchmarks.ar_decoding --run-dir "$AR" --ckpt last
