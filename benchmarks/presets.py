@@ -834,7 +834,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         step = (entry.get("steps") or [{}])[-1]
         est = (entry.get("estimate") or {}).get("total")
         print(f"{entry['status']}" + (f": {entry.get('error')}" if entry["status"] == "error" else "")
-              + (f" | {step.get('cpu_seconds')} CPU s/step at batch {entry['batch']['run']}, peak RSS "
+              + (f" | {str(step['cpu_seconds']) + ' CPU s/step' if step else 'no optimizer step'} at "
+                 f"batch {entry['batch']['run']}, peak RSS "
                  f"{entry['peak_rss_mb'] / 1024:.2f} GiB, GPU estimate {_gib(est)} GiB" if entry["status"] == "ok"
                  else ""), flush=True)
         doc = {"benchmark": "presets_cpu", "last_invocation": {"command": command, "machine": machine("cpu"),
