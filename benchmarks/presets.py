@@ -12,7 +12,9 @@ a worker process (``--worker``) composes the same overrides plus the run-shape o
 ``textdiff.cli.train.train`` -- the function behind ``textdiff-train`` -- so the data, tokenizer, model, Lightning
 ``Trainer`` (precision included: ``bf16-mixed`` runs under Lightning's bf16 autocast on CPU) and the evaluation
 after ``fit`` are the project's own. Run-shape overrides: ``trainer.max_steps=2`` on ``accelerator=cpu``, no
-validation, no loggers, none of the preset's callbacks (checkpoints, sampling during validation) but
+validation, no gradient accumulation (``global_batch_size=null``: MDLM's presets fill a global batch of 512 by
+accumulation, which at the run's batch of 2 made each step hundreds of micro-batches), no loggers, none of the
+preset's callbacks (checkpoints, sampling during validation) but
 ``benchmarks.preset_probe.StepProbe``, which measures (a model's own callbacks, e.g. EMA, stay);
 ``data.pad_to_max=true`` so every batch has the preset's full length L (and source length S);
 ``data.num_workers=0``; evaluation of 2 samples (or sources, or examples) with no NLL bound: one ``generate``
@@ -478,6 +480,22 @@ def run_batch(preset_batch: int, accelerator: str, precision: str, force: Option
     return min(preset_batch, BF16_BATCH if str(precision).startswith("bf16") else GPU_BATCH)
 
 
+def run_shape_overrides(cfg: Any, batch: int, run_dir: Path) -> list[str]:
+    """The overrides that make a composed preset ``cfg`` a two-step CPU run at ``batch`` writing to ``run_dir``
+    (the module docstring's run-shape overrides)."""
+    from omegaconf import OmegaConf
+
+    return [
+        "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.max_steps={STEPS}", "trainer.limit_val_batches=0",
+        "++trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
+        f"data.batch_size={batch}", f"data.eval_batch_size={batch}", "global_batch_size=null",  # one micro-batch a step
+        "++data.pad_to_max=true", "data.num_workers=0",
+        f"eval.num_samples={EVAL_SAMPLES}", f"eval.batch_size={EVAL_SAMPLES}", "eval.nll_batches=0",
+        "logger=[]", *(f"callbacks.{k}=null" for k in (OmegaConf.select(cfg, "callbacks") or {})),
+        "+callbacks.preset_probe._target_=benchmarks.preset_probe.StepProbe", f"paths.output_dir={run_dir}",
+    ]
+
+
 def plan_run(preset: str, standins: StandIns, run_dir: Path, force_batch: Optional[int] = None,
              extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """The worker's spec for ``preset``: stand-in overrides (building the stand-ins), run-shape overrides, the
@@ -514,14 +532,7 @@ def plan_run(preset: str, standins: StandIns, run_dir: Path, force_batch: Option
     batch = int(cfg.data.batch_size)
     accelerator, precision = str(cfg.trainer.accelerator), str(cfg.trainer.precision)
     b = run_batch(batch, accelerator, precision, force_batch)
-    shape_overrides = [
-        "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.max_steps={STEPS}", "trainer.limit_val_batches=0",
-        "++trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
-        f"data.batch_size={b}", f"data.eval_batch_size={b}", "++data.pad_to_max=true", "data.num_workers=0",
-        f"eval.num_samples={EVAL_SAMPLES}", f"eval.batch_size={EVAL_SAMPLES}", "eval.nll_batches=0",
-        "logger=[]", *(f"callbacks.{k}=null" for k in (OmegaConf.select(cfg, "callbacks") or {})),
-        "+callbacks.preset_probe._target_=benchmarks.preset_probe.StepProbe", f"paths.output_dir={run_dir}",
-    ]
+    shape_overrides = run_shape_overrides(cfg, b, run_dir)
     return {
         "preset": preset, "overrides": overrides, "run_overrides": shape_overrides, "standins": notes,
         "batch": {"preset": batch, "run": b}, "accelerator": accelerator, "precision": precision,

@@ -193,6 +193,15 @@ def test_plan_puts_the_standins_in_place(tmp_path, shared_data, monkeypatch):
     assert all(cfg.callbacks[k] is None for k in cfg.callbacks if k != "preset_probe")
 
 
+def test_run_shape_has_no_gradient_accumulation(tmp_path):
+    """MDLM's GPU presets fill a global batch of 512 by accumulation; at the run's batch of 2 a "step" was 256
+    micro-batches (the probe saw 400 batches for 2 steps): the run shape turns accumulation off."""
+    cfg, _ = presets.compose(["experiment=mdlm_lm1b"])
+    assert cfg.global_batch_size == 512
+    cfg, _ = presets.compose(["experiment=mdlm_lm1b", *presets.run_shape_overrides(cfg, 2, tmp_path)])
+    assert cfg.global_batch_size is None and cfg.data.batch_size == 2 and cfg.trainer.max_steps == presets.STEPS
+
+
 # ----- the probe -----------------------------------------------------------------------------------------------
 class _Tiny(__import__("pytorch_lightning").LightningModule):
     def __init__(self):
