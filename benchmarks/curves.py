@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -134,29 +133,17 @@ def measure(model: Any, dm: Any, setting: dict[str, Any], *, num: int, batch_siz
 
 def sampler_overhead(model: Any, dm: Any, *, num: int, batch_size: int, seed: int, generate: dict[str, Any],
                      repeats: int = 3, sampler: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The trained model's sampler overhead at its own settings (the preset's K and sampler): the wall time of
-    the ``Sampler.sample`` calls while decoding ``num`` test sources (or samples) against the same denoiser
-    calls made bare (``benchmarks.families.SamplerProbe``), interleaved, median of ``repeats``. A random-weight
-    model (``benchmarks.families``) reveals and stops differently from a trained one; this is the figure of
-    the model the curves are about. ``sampler``: overrides of the run's sampler (``--quick``: K = 4)."""
-    from benchmarks.families import SamplerProbe
+    """The trained model's sampler overhead at its own settings (the preset's K and sampler):
+    ``benchmarks.families.probe_overhead`` of decoding ``num`` test sources (or samples), ``repeats`` pairs. A
+    random-weight model (``benchmarks.families``) reveals and stops differently from a trained one; this is the
+    figure of the model the curves are about. ``sampler``: overrides of the run's sampler (``--quick``: K = 4)."""
+    from benchmarks.families import probe_overhead
 
-    probe = SamplerProbe(str(model.device))
     run = {"curve": "preset", "label": "overhead", "sampler": dict(sampler or {})}
-    with torch.no_grad():
-        bare, full = [], []
-        for _ in range(repeats + 1):  # the first pass records the calls and warms up
-            with probe.active():
-                measure(model, dm, run, num=num, batch_size=batch_size, seed=seed, generate=generate)
-            full.append(probe.sample_seconds)
-            model.eval()
-            bare.append(probe.replay())
-    bare, full = bare[1:], full[1:]
-    return {"num_steps": int(model.build_sampler(**run["sampler"]).num_steps), "denoiser_calls": len(probe.calls),
-            "rows_per_call": int(probe.x.shape[0]), "bare_seconds": [round(b, 4) for b in bare],
-            "sampler_seconds": [round(f, 4) for f in full],
-            "overhead_ratio": round(statistics.median(full) / statistics.median(bare), 4),
-            "overhead_ratio_best": round(min(full) / min(bare), 4)}
+    measured = probe_overhead(model, lambda: measure(model, dm, run, num=num, batch_size=batch_size, seed=seed,
+                                                     generate=generate),
+                              device=str(model.device), repeats=repeats)
+    return {"num_steps": int(model.build_sampler(**run["sampler"]).num_steps), **measured}
 
 
 def ar_settings(model: Any) -> list[dict[str, Any]]:

@@ -372,36 +372,45 @@ class SamplerProbe:
         return clock.seconds
 
 
-def measure_overhead(spec: FamilySpec, model: Any, call: Callable[[Optional[int]], Any], k: int, *, kind: str,
-                     device: str, settings: Settings) -> dict:
-    """Sampler overhead at K = ``k``: the ``Sampler.sample`` wall time inside ``call(k)`` against the same
-    denoiser calls made bare (``SamplerProbe``; ``model`` in eval mode, as ``generate`` puts it), interleaved,
-    median over ``settings.sample_repeats``; also the whole ``generate`` time (decoding, selection and the
-    rest around the sampler)."""
-    if spec.name == "ar":
-        return {"not_applicable": "beam search: no diffusion sampler"}
+def probe_overhead(model: Any, call: Callable[[], Any], *, device: str, repeats: int,
+                   budget: float = float("inf")) -> dict:
+    """The wall time of the ``Sampler.sample`` calls inside ``call()`` against the same denoiser calls made bare
+    (``SamplerProbe``; ``model`` in eval mode for them, as ``generate`` puts it): one recording call (a warm-up),
+    then up to ``repeats`` interleaved pairs (bare replay, full call) within ``budget`` seconds, at least one;
+    medians and best of each, and the whole ``call`` time (decoding, selection and the rest around the sampler)."""
     probe = SamplerProbe(device)
     was_training = model.training
-    with torch.no_grad(), _autocast(kind, device):
+    with torch.no_grad():
         with probe.active():
-            call(k)  # records the calls (and warms up)
+            call()  # records the calls (and warms up)
         bare: list[float] = []
         full: list[float] = []
         gen: list[float] = []
         # interleaved, so that drifts in machine load hit both alike
-        while not gen or _within([a + b for a, b in zip(bare, gen)], settings.sample_repeats, settings.budget):
+        while not gen or _within([a + b for a, b in zip(bare, gen)], repeats, budget):
             model.eval()
             bare.append(probe.replay())
             model.train(was_training)
             with probe.active(), Clock(device) as clock:
-                call(k)
+                call()
             full.append(probe.sample_seconds)
             gen.append(clock.seconds)
-    return {"num_steps": k, "denoiser_calls": len(probe.calls), "rows_per_call": int(probe.x.shape[0]),
+    return {"denoiser_calls": len(probe.calls), "rows_per_call": int(probe.x.shape[0]),
             "bare_seconds": bare, "sampler_seconds": full, "generate_seconds": gen,
             "overhead_ratio": statistics.median(full) / statistics.median(bare),
             "overhead_ratio_best": min(full) / min(bare),
             "generate_over_sampler": statistics.median(gen) / statistics.median(full)}
+
+
+def measure_overhead(spec: FamilySpec, model: Any, call: Callable[[Optional[int]], Any], k: int, *, kind: str,
+                     device: str, settings: Settings) -> dict:
+    """Sampler overhead at K = ``k``: ``probe_overhead`` of ``call(k)`` under the entry's autocast, up to
+    ``settings.sample_repeats`` pairs within ``settings.budget``."""
+    if spec.name == "ar":
+        return {"not_applicable": "beam search: no diffusion sampler"}
+    with _autocast(kind, device):
+        return {"num_steps": k, **probe_overhead(model, lambda: call(k), device=device,
+                                                 repeats=settings.sample_repeats, budget=settings.budget)}
 
 
 # ----- one entry, one family -----
