@@ -199,6 +199,11 @@ def test_unmask_table_matches_unmask_prob():
         for j in range(16):
             t, s = torch.full((7,), float(grid[j])), torch.full((7,), float(grid[j + 1]))
             assert torch.equal(table[:, j].expand(7, 11), proc.unmask_prob(t, s, x0))
+        if proc.schedule.token_dependent:  # at chosen positions only, with or without the kept time terms
+            at = (torch.tensor([0, 3, 3, 6]), torch.tensor([10, 0, 5, 2]))
+            terms = proc.schedule.time_terms(grid.view(1, -1))
+            for kept in (None, terms):
+                assert torch.equal(proc.unmask_table(grid, x0, at=at, terms=kept), table[at[0], :, at[1]])
 
 
 def test_first_reveal_is_the_first_success():

@@ -134,26 +134,35 @@ class AbsorbingProcess(nn.Module):
             return num / (num + 1 - p_s).clamp_min(1e-12)
         return ((p_s - p_t) / (1 - p_t).clamp_min(1e-12)).clamp(0, 1)  # D3PM eq. 3, absorbing Q
 
-    def unmask_table(self, times: Tensor, x0: Tensor, beta: Optional[Tensor] = None) -> Tensor:
+    def unmask_table(self, times: Tensor, x0: Tensor, beta: Optional[Tensor] = None,
+                     at: Optional[tuple[Tensor, Tensor]] = None, terms: Optional[tuple[Tensor, ...]] = None) -> Tensor:
         """``unmask_prob`` for every step of a stretch of the time grid at once: ``times`` (J + 1,) the
         points t_0 > ... > t_J (a slice of ``sampling_times``), ``x0`` (R, L) ids (argmax x0 for the
         spindle). Returns (R, J, L) with ``[:, j] = unmask_prob(t_j, t_{j+1}, x0)``; (1, J, 1) for a
         token-independent schedule, whose u does not read x0. The keep-probabilities are computed once
-        per grid point. ``beta``: ``official_beta`` of the J steps (J,), when the caller has it already."""
+        per grid point. ``beta``: ``official_beta`` of the J steps (J,), when the caller has it already.
+        ``at``: (rows, columns) (n,) each: only those positions, (n, J), the same values as
+        ``unmask_table(times, x0)[rows, :, columns]`` (a token-dependent schedule); with the spindle, ``terms``
+        may hold its ``time_terms(times.view(1, -1))`` (kept by a caller that reads one grid many times)."""
         J = times.numel() - 1
         times = times.float()
         t, s = times[:-1], times[1:]
         if not self.schedule.token_dependent:
             return self.unmask_prob(t, s, x0.new_zeros(J, 1)).view(1, J, 1)
         R, L = x0.shape
+        if beta is None:
+            beta = self.official_beta(t, s)
+        if at is not None and isinstance(self.schedule, SpindleSchedule):  # (n, 1) weights against (1, J + 1) times
+            p = self.schedule.keep_from_weight(times.view(1, -1), self.schedule.centred_weight(x0)[at].unsqueeze(1),
+                                               terms)
+            return self._unmask(p[:, :-1], p[:, 1:], None if beta is None else beta.view(1, J))
         p = None
         if isinstance(self.schedule, SpindleSchedule):  # its alpha_bar broadcasts times (J+1,) against (R, 1, L) ids
             p = self.schedule.alpha_bar(times, x0.unsqueeze(1))
         if p is None or p.shape != (R, J + 1, L):
             p = self.keep_prob(times.repeat(R), x0.repeat_interleave(J + 1, dim=0)).view(R, J + 1, L)  # r (J+1) + j
-        if beta is None:
-            beta = self.official_beta(t, s)
-        return self._unmask(p[:, :-1], p[:, 1:], None if beta is None else beta.view(1, J, 1))
+        table = self._unmask(p[:, :-1], p[:, 1:], None if beta is None else beta.view(1, J, 1))
+        return table if at is None else table[at[0], :, at[1]]
 
     def filtered_stay_logprob(self, top: Tensor, lse: Optional[Tensor], u: Tensor, temperature: float = 1.0,
                               top_k: Optional[int] = None) -> Tensor:

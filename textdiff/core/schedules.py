@@ -381,9 +381,9 @@ class SpindleSchedule(NoiseSchedule):
         """f_i - mean_j f_j, the mean over each sentence's own tokens (positions whose id is not in
         ``ignore_ids``; official ``process_fn_in_collate``): (B, L) ids -> (B, L) float."""
         f = self.token_weight[x0]
-        valid = torch.ones_like(x0, dtype=torch.bool)
-        for i in self.ignore_ids:
-            valid &= x0 != i
+        if not self.ignore_ids:
+            return f - f.sum(-1, keepdim=True) / max(x0.shape[-1], 1)
+        valid = ~torch.isin(x0, torch.tensor(self.ignore_ids, device=x0.device))
         return f - (f * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
 
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
@@ -391,11 +391,25 @@ class SpindleSchedule(NoiseSchedule):
             raise ValueError("SpindleSchedule.alpha_bar needs x0 (B, L): its keep-probability is per token")
         if self.token_weight.numel() == 0:
             raise RuntimeError("SpindleSchedule has no token weights yet: call set_token_weight(f) first")
-        t_ = t.view(-1, 1)
-        bump = torch.sin(math.pi * t_).clamp_min(0)  # exact 0 at t = 1 (float32 sin(pi) < 0)
-        p = self.base.alpha_bar(t, None).view(-1, 1) + self.lam * bump * self.centred_weight(x0)
-        p = p.clamp(0.0, self.max_keep)
-        return torch.where(t_ <= 0, torch.ones_like(p), p)
+        return self.keep_from_weight(t.view(-1, 1), self.centred_weight(x0))
+
+    def keep_from_weight(self, t: Tensor, weight: Tensor,
+                         terms: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+        """p_i(t) from times ``t`` and centred weights f_i - mean f (``centred_weight``) that broadcast against
+        each other: ``alpha_bar`` passes t (B, 1) or (J + 1, 1) against weights (B, L) or (R, 1, L); t (1, J + 1)
+        against the weights (n, 1) of n positions gives their keep-probabilities at J + 1 times (n, J + 1).
+        ``terms``: ``time_terms(t)``, when the caller keeps them for a time grid it reads many times."""
+        if self.token_weight.numel() == 0:
+            raise RuntimeError("SpindleSchedule has no token weights yet: call set_token_weight(f) first")
+        base, lam_bump, zero = self.time_terms(t) if terms is None else terms
+        p = (base + lam_bump * weight).clamp(0.0, self.max_keep)
+        return torch.where(zero, 1.0, p)
+
+    def time_terms(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The terms of p_i(t) that depend on t only, each of t's shape: abar(t), lam * max(sin(pi t), 0) and
+        t <= 0 (where p = 1)."""
+        bump = torch.sin(math.pi * t).clamp_min(0)  # exact 0 at t = 1 (float32 sin(pi) < 0)
+        return self.base.alpha_bar(t.reshape(-1), None).view(t.shape), self.lam * bump, t <= 0
 
     def sampling_times(self, num_steps: int, spacing: str = "uniform") -> Tensor:
         return self.base.sampling_times(num_steps, spacing)
