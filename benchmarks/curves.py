@@ -14,7 +14,8 @@ second and network evaluations per sequence. The grid follows the model's proces
   preset's 20 / 5, and both DPM-Solver++(2M) forms at 3 x 2 (no early stopping).
 
 The sampler's overhead over its bare denoiser calls is measured too, on the trained model at the run's own
-settings (``sampler_overhead`` in the JSON; ``--no-overhead`` skips it).
+settings (``sampler_overhead`` in the JSON; ``--no-overhead`` skips it; ``--overhead-only`` measures it alone into
+the run's existing JSON, e.g. after a change to the sampler, with that entry's own date and command).
 
 ``--ar-run`` adds an autoregressive baseline's points on the same axes (its KV-cached decoding: greedy and beam 4
 for a translation model, ancestral sampling for a language model). ``--latency N`` also decodes the first N test
@@ -31,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from benchmarks.common import RESULTS, machine, write_result
+from benchmarks.common import RESULTS, machine, result_path, write_result
 
 DEFAULT_KS = (5, 10, 20, 50, 200)
 DEFAULT_TAUS = (0.5, 0.7, 0.9, 0.95)
@@ -256,6 +258,36 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _run_generate(cfg: Any) -> dict[str, Any]:
+    """The run's own decoding settings (``eval.generate``; Difformer: 3 x 2 candidates), None values left out."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.select(cfg, "eval.generate")
+    return {k: v for k, v in (OmegaConf.to_container(node) if node is not None else {}).items() if v is not None}
+
+
+def overhead_only(model: Any, dm: Any, cfg: Any, args: argparse.Namespace, fixed: dict[str, Any]) -> dict[str, Any]:
+    """``--overhead-only``: ``sampler_overhead`` at the settings of an existing curves JSON, written into it (its
+    points, plot and the rest kept; the entry gains its own date and machine). Exits with a message when the JSON
+    is missing or was measured with other ``--sampler`` settings."""
+    path = result_path(args.out, f"curves_{args.name}", args.device, args.quick)
+    if not path.is_file():
+        raise SystemExit(f"--overhead-only: {path} does not exist; run the curves first")
+    doc = json.loads(path.read_text())
+    if doc.get("sampler_settings", {}) != fixed:
+        raise SystemExit(f"--overhead-only: {path} was measured with --sampler settings {doc.get('sampler_settings')}"
+                         f", not {fixed}")
+    overhead = sampler_overhead(model, dm, num=doc["num"], batch_size=doc["batch_size"], seed=doc["seed"],
+                                generate=_run_generate(cfg), repeats=1 if args.quick else 3,
+                                sampler={**fixed, **({"num_steps": 4} if args.quick else {})})
+    doc["sampler_overhead"] = {**overhead, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(args.device),
+                               "command": args.command}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({"sampler_overhead": overhead}))
+    print(f"wrote the sampler overhead into {path}")
+    return doc
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", required=True, type=Path)
@@ -274,6 +306,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                     help="a sampler setting for every point of the run (not the AR baseline's), over the run's "
                          "config, e.g. closed_form_posterior=true for a run saved before it was the default")
     ap.add_argument("--no-overhead", action="store_true", help="skip the sampler overhead at the run's settings")
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="measure the sampler overhead only and write it into the existing JSON of --name (its "
+                         "points kept), e.g. after a change to the sampler")
     ap.add_argument("--only", default=None, help="comma-separated curve names to keep (default: all)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: K in {2, 4}, 8 sentences")
     ap.add_argument("--replot", type=Path, default=None, help="redraw the PNG of an existing JSON and stop")
@@ -283,7 +318,6 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         result = json.loads(args.replot.read_text())
         plot(result, args.replot.with_suffix(".png"))
         return result
-    from omegaconf import OmegaConf
 
     from textdiff.cli.runs import load_run
     from textdiff.core.absorbing import AbsorbingProcess
@@ -294,9 +328,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     num = 8 if args.quick else args.num
     model, dm, cfg, ckpt = load_run(args.run_dir, args.ckpt, args.device)
     fixed = parse_settings(args.sampler)
+    args.command = "python -m benchmarks.curves " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.overhead_only:
+        return overhead_only(model, dm, cfg, args, fixed)
     preset = model.build_sampler()
-    node = OmegaConf.select(cfg, "eval.generate")  # the run's own decoding settings (Difformer: 3 x 2 candidates)
-    generate = {k: v for k, v in (OmegaConf.to_container(node) if node is not None else {}).items() if v is not None}
+    generate = _run_generate(cfg)
     if isinstance(preset.process, AbsorbingProcess):
         grid = absorbing_grid(ks, taus, 4 if args.quick else preset.num_steps, model.conditional)
     elif model.conditional:

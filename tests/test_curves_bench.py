@@ -37,6 +37,17 @@ def test_quick_curves_of_a_saved_run(tmp_path, one_thread, overrides, curve_name
     assert 1 <= over["denoiser_calls"] <= over["num_steps"] and over["rows_per_call"] == 8  # one batch of 8
     assert over["overhead_ratio"] > 0
     assert len(result["latency_batch1"]) == 3 and all(r["seconds_per_sentence"] > 0 for r in result["latency_batch1"])
+    # --overhead-only re-measures the overhead into the same JSON, at its settings, and keeps its points
+    base = ["--run-dir", str(run_dir), "--name", "toy", "--quick", "--out", str(tmp_path / "out")]
+    again = curves.main([*base, "--overhead-only", *extra])
+    doc = json.loads(path.read_text())
+    assert doc["points"] == json.loads(json.dumps(result["points"])) and doc == json.loads(json.dumps(again))
+    assert doc["sampler_overhead"]["denoiser_calls"] == over["denoiser_calls"] and "--overhead-only" in \
+        doc["sampler_overhead"]["command"] and doc["sampler_overhead"]["date"]
+    with pytest.raises(SystemExit, match="measured with --sampler settings"):  # not the JSON's
+        curves.main([*base, "--overhead-only", "--sampler=num_steps=3"])
+    with pytest.raises(SystemExit, match="run the curves first"):
+        curves.main([*base[:3], "other", *base[4:], "--overhead-only"])
 
 
 def test_sampler_settings_are_parsed_as_yaml_and_malformed_ones_named():
