@@ -117,6 +117,9 @@ def test_experiment_builds(experiment, shared_data, tmp_path, local_bert, ld4lg_
                                                 for s, n in (("train", "train"), ("valid", "valid"), ("test", "test"))})
     dm = build_datamodule(cfg, tmp_path)
     assert cfg.data.vocab_size == dm.vocab_size > 10
+    from textdiff.run.evaluation import text_layout  # OpenWebText's samples cut documents: every part is scored
+
+    assert text_layout(dm)["partial"] == (experiment == "mdlm_owt")
     with open_dict(cfg):  # shrink the network so that paper-scale configs instantiate quickly
         if "depth" in cfg.model.get("network", {}):  # Diffusion-LM, LD4LG
             cfg.model.network.update(dim=32, depth=1, heads=2)

@@ -266,3 +266,11 @@ def test_real_scitldr_multiple_references(shared_data):
     dm.setup("test")
     b = next(iter(dm.test_dataloader()))
     assert b["src_ids"].shape == (64, 256) and b["ids"].shape == (64, 64)
+
+
+def test_block_segments_is_checked(shared_data):
+    from textdiff.data import TextDataModule
+
+    with pytest.raises(ValueError, match="block_segments='partial'"):
+        TextDataModule(train_path=str(shared_data / "tatoeba_en" / "train.txt"), padding="block",
+                       block_segments="partial")

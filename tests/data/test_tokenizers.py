@@ -188,3 +188,29 @@ def test_bpe_builder_deterministic_and_lossless(tmp_path):
     assert lower.encode("THE RIVER") == lower.encode("the river")
     with pytest.raises(TokenizerError, match="vocab_size"):
         build_bpe_tokenizer(texts, vocab_size=100)
+
+
+class _Ids:
+    """decode_ids needs bos_id, eos_id and decode: ids joined by spaces."""
+
+    def __init__(self, bos, eos):
+        self.bos_id, self.eos_id = bos, eos
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_decode_ids_blocks_with_one_separator_token_and_partial_sentences():
+    from textdiff.data.tokenizers import decode_ids
+
+    framed = _Ids(bos=1, eos=2)  # BERT/word tokenizers: [CLS]/[START] ... [SEP]/[END]
+    row = [5, 2, 1, 6, 7, 2, 3, 1, 8]
+    assert decode_ids([row], framed, block=True) == [["6 7"]]
+    assert decode_ids([row], framed, block=True, partial=True) == [["5", "6 7", "8"]]
+    assert decode_ids([[1, 6, 7, 2, 0, 0]], framed) == [["6 7"]]  # "pad" rows: one sentence
+    gpt2 = _Ids(bos=9, eos=9)  # GPT-2: <|endoftext|> frames both ends (every sentence was lost before)
+    row = [5, 9, 6, 7, 9, 9, 8, 9, 4]
+    assert decode_ids([row], gpt2, block=True) == [["6 7", "8"]]
+    assert decode_ids([row], gpt2, block=True, partial=True) == [["5", "6 7", "8", "4"]]
+    assert decode_ids([[5, 4]], gpt2, block=True) == [[]] and decode_ids([[5, 4]], gpt2, block=True,
+                                                                          partial=True) == [["5 4"]]

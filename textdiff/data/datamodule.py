@@ -248,6 +248,9 @@ class TextDataModule(LabelsMixin, _BaseDataModule):
             (Diffusion-LM's E2E mode): the split's framed examples are concatenated and cut into
             consecutive blocks of exactly ``max_len``; the partial last block is dropped (logged);
             ``index`` is the block number and ``mask`` is all True.
+        block_segments: the sentences a generated "block" row yields for scoring (``decode_ids``):
+            ``"complete"`` (opened by BOS and closed by EOS, as Diffusion-LM's E2E sentences) or ``"all"``
+            (also the partial first and last: documents longer than a block, e.g. OpenWebText's).
         add_bos_eos: frame each example with BOS/EOS.
         tokenizer: a Tokenizer, a builder ``list[str] -> Tokenizer`` called on the training
             texts, or a tokenizer directory / HF name; default ``build_word_tokenizer``.
@@ -274,7 +277,8 @@ class TextDataModule(LabelsMixin, _BaseDataModule):
         self, train_path: str | None = None, valid_path: str | None = None,
         test_path: str | None = None, field: str | None = None, hf_dataset: str | None = None,
         hf_config: str | None = None, hf_splits: dict[str, str] | None = None,
-        padding: str = "pad", add_bos_eos: bool = True, tokenizer: TokenizerSpec = None,
+        padding: str = "pad", block_segments: str = "complete", add_bos_eos: bool = True,
+        tokenizer: TokenizerSpec = None,
         tokenizer_path: str | None = None, max_len: int = 64, batch_size: int = 64,
         eval_batch_size: int | None = None, num_workers: int = 0, overflow: str = "truncate",
         max_train_examples: int | None = None, max_eval_examples: int | None = None,
@@ -288,7 +292,10 @@ class TextDataModule(LabelsMixin, _BaseDataModule):
                          pad_to_max, seed, hf_dataset, hf_config, hf_splits)
         if padding not in ("pad", "block"):
             raise ValueError(f"padding={padding!r}; expected 'pad' or 'block'")
+        if block_segments not in ("complete", "all"):
+            raise ValueError(f"block_segments={block_segments!r}; expected 'complete' or 'all'")
         self.field, self.padding, self.add_bos_eos = field, padding, add_bos_eos
+        self.block_segments = block_segments
         self._init_labels(label_field, label_slot, classes, missing_label, padding)
 
     def _read_split(self, split: str) -> list:

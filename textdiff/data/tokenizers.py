@@ -16,7 +16,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 logger = logging.getLogger("textdiff.data")
 
@@ -392,12 +392,15 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     )
 
 
-def decode_ids(ids: Any, tokenizer: Any, block: bool = False) -> list[list[str]]:
+def decode_ids(ids: Any, tokenizer: Any, block: bool = False, partial: bool = False) -> list[list[str]]:
     """Token ids (N, L) (a long tensor or nested lists) -> per row, the list of sentences it holds.
 
     A "pad"-mode row is one sentence: the tokens after a leading BOS up to the first EOS (the rest is
     padding). A "block"-mode row (Diffusion-LM's E2E training layout) holds several sentences
-    separated by EOS/BOS; only the complete ones (opened by BOS and closed by EOS) are returned.
+    separated by EOS/BOS; only the complete ones (opened by BOS and closed by EOS) are returned, and
+    with ``partial`` also the text before the row's first BOS and after its last EOS (rows cut from
+    documents longer than a block, as OpenWebText's). Where BOS and EOS are one token (GPT-2's
+    ``<|endoftext|>``) it closes the sentence before it and opens the next.
     """
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
     out: list[list[str]] = []
@@ -407,15 +410,21 @@ def decode_ids(ids: Any, tokenizer: Any, block: bool = False) -> list[list[str]]
             end = row.index(eos, start) if eos in row[start:] else len(row)
             out.append([tokenizer.decode(row[start:end])])
             continue
-        sentences, current = [], None
+        sentences: list[str] = []
+        current: Optional[list[int]] = [] if partial else None  # None: outside a sentence
         for tok in row:
-            if tok == bos:
+            if tok == eos and current is not None:
+                sentences.append(tokenizer.decode(current))
+                current = [] if tok == bos else None
+            elif tok == bos:
+                if partial and current:  # a fragment with no EOS before the next BOS
+                    sentences.append(tokenizer.decode(current))
                 current = []
             elif tok == eos:
-                if current is not None:
-                    sentences.append(tokenizer.decode(current))
                 current = None
             elif current is not None:
                 current.append(tok)
+        if partial and current:
+            sentences.append(tokenizer.decode(current))
         out.append([s for s in sentences if s.strip()])
     return out

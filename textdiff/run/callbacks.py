@@ -146,13 +146,12 @@ class SampleAndScore(pl.Callback):
             self._score_conditional(trainer, pl_module, dm)
             return
         from textdiff.metrics.text import score_unconditional
-        from textdiff.run.evaluation import generate_texts, sampler_of, score_with_judges
+        from textdiff.run.evaluation import generate_texts, sampler_of, score_with_judges, text_layout
 
         state = torch.random.get_rng_state()
         try:
-            block = getattr(dm, "padding", "pad") == "block"
             gen = generate_texts(pl_module, dm.tokenizer, self.num_samples, seed=self.seed,
-                                 batch_size=self.num_samples, block=block,
+                                 batch_size=self.num_samples, **text_layout(dm),
                                  sampler=sampler_of(pl_module, {"num_steps": self.num_steps}))
         finally:
             torch.random.set_rng_state(state)

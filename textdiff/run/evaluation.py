@@ -28,11 +28,18 @@ def sampler_of(model: Any, overrides: Optional[dict[str, Any]] = None) -> Option
     return model.build_sampler(**{k: v for k, v in (overrides or {}).items() if v is not None})
 
 
+def text_layout(datamodule: Any) -> dict[str, bool]:
+    """How generated rows of ``datamodule``'s layout are decoded (``decode_ids``' ``block`` and ``partial``):
+    "block" rows hold several sentences, and with ``block_segments="all"`` the partial ones count too."""
+    block = getattr(datamodule, "padding", "pad") == "block"
+    return {"block": block, "partial": block and getattr(datamodule, "block_segments", "complete") == "all"}
+
+
 def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 0, batch_size: int = 100,
                    block: bool = False, seq_len: Optional[int] = None, sampler: Optional[Any] = None,
-                   **generate_kwargs: Any) -> dict[str, Any]:
+                   partial: bool = False, **generate_kwargs: Any) -> dict[str, Any]:
     """Draw ``num_samples`` sequences from an unconditional family with ``sampler`` (a built ``Sampler``, see
-    ``sampler_of``; None: the model's own) and decode them.
+    ``sampler_of``; None: the model's own) and decode them (``block``, ``partial``: see ``text_layout``).
 
     Returns a dict with "rows" (per sequence: its sentences), "ids" (N, L), "run" (the ``SamplingRun``),
     "seconds" and "sentences_per_second" (generated sequences per wall-clock second, sampling only).
@@ -41,7 +48,7 @@ def generate_texts(model: Any, tokenizer: Any, num_samples: int, *, seed: int = 
     run = model.generate_run(num_samples, seq_len=seq_len, seed=seed, batch_size=batch_size,
                              **({"sampler": sampler} if sampler is not None else {}), **generate_kwargs)
     seconds = time.perf_counter() - start
-    rows = decode_ids(run.ids.cpu(), tokenizer, block=block)
+    rows = decode_ids(run.ids.cpu(), tokenizer, block=block, partial=partial)
     return {"rows": rows, "ids": run.ids.cpu(), "run": run, "seconds": seconds,
             "sentences_per_second": num_samples / max(seconds, 1e-9)}
 
@@ -94,8 +101,9 @@ def evaluate_unconditional(
     """
     from textdiff.metrics.text import score_unconditional
 
-    block = getattr(datamodule, "padding", "pad") == "block"
-    gen = generate_texts(model, datamodule.tokenizer, num_samples, seed=seed, batch_size=batch_size, block=block,
+    layout = text_layout(datamodule)
+    block = layout["block"]
+    gen = generate_texts(model, datamodule.tokenizer, num_samples, seed=seed, batch_size=batch_size, **layout,
                          sampler=sampler_of(model, sampler), **(generate_kwargs or {}))
     sentences = [s for row in gen["rows"] for s in row]
     records = [{"id": i, "text": " ".join(row) if block else row[0], **({"sentences": row} if block else {})}
