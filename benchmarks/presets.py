@@ -24,11 +24,14 @@ the table says which batch ran. Network sizes and L/S are never changed.
 
 Stand-ins (``benchmarks/standins.py``, built once into ``<workdir>/standins/``):
 
-- hub models (``bert-base-uncased``, ``facebook/bart-base``): the same architecture at the hub configuration,
-  random weights, with a tokenizer of the same vocabulary size and special ids (``HUB_MODELS``);
-- hub datasets (``conf/data`` files with ``hf_dataset``): a local folder of the same columns, a few hundred rows
-  of real text, read by the same ``datasets.load_dataset`` path; a BPE tokenizer the preset trains on the hub
-  corpus (``vocab_size`` 10k-32k) is trained on the stand-in's text and filled up to that size;
+- hub models (``bert-base-uncased``, ``facebook/bart-base``, ``gpt2``): the same architecture at the hub
+  configuration, random weights, with a tokenizer of the same vocabulary size and special ids (``HUB_MODELS``);
+  a preset that names one only for its tokenizer (``mdlm_owt``: GPT-2's) reads the stand-in's tokenizer;
+- hub datasets (``conf/data`` files with ``hf_dataset``, and ``PRESET_DATASETS``: OpenWebText, which ``mdlm_owt``
+  names over its data file's): a local folder of the same columns and splits, a few hundred rows of real text
+  (OpenWebText: 100,400 documents, so that its held-out ``train[-100000:]`` leaves a training part), read by the
+  same ``datasets.load_dataset`` path; a BPE tokenizer the preset trains on the hub corpus (``vocab_size``
+  10k-32k) is trained on the stand-in's text and filled up to that size;
 - ROCStories (``train_path: ???``): a file of five-sentence lines of real text;
 - runs a preset builds on (``CHAINS``, ``DIFFUSION_RUNS``, ``COMPARE_TOKENIZERS``): LD4LG stage-0 BART exports
   and stage-1 checkpoints, a Diffusion-LM run for the control presets, and the cross-family comparison's shared
@@ -55,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks.standins import FILE_DATASETS, HUB_DATASETS, HUB_MODELS, StandInError
+from benchmarks.standins import FILE_DATASETS, HUB_DATASETS, HUB_MODELS, PRESET_DATASETS, StandInError
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -260,7 +263,7 @@ def raw_strings(cfg: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-HUB_KEYS = ("data.tokenizer", "model.network.bert", "model.bart_path")
+HUB_KEYS = ("data.tokenizer", "data.tokenizer.name_or_path", "model.network.bert", "model.bart_path")
 """Config keys that take a hub model name or a local directory."""
 
 
@@ -298,11 +301,13 @@ class StandIns:
         return self._once(f"hub/{name.replace('/', '--')}",
                           lambda d: build_hub_model(name, d, english_text(self.shared)))
 
-    def hub_dataset(self, group: str) -> Path:
-        """A ``datasets.load_dataset`` folder standing in for the hub dataset of ``conf/data/<group>.yaml``."""
+    def hub_dataset(self, key: str) -> Path:
+        """A ``datasets.load_dataset`` folder standing in for the hub dataset of ``conf/data/<key>.yaml`` or
+        named ``key`` (``standins.PRESET_DATASETS``)."""
         from benchmarks.standins import build_hub_dataset
 
-        return self._once(f"data/{group}", lambda d: build_hub_dataset(group, d, self.shared, self.data_sizes))
+        return self._once(f"data/{key.replace('/', '--')}",
+                          lambda d: build_hub_dataset(key, d, self.shared, self.data_sizes))
 
     def files(self, group: str) -> dict[str, Path]:
         """Local files standing in for a user-supplied corpus (``FILE_DATASETS``): ``{"train": path, ...}``."""
@@ -394,13 +399,15 @@ def standin_overrides(cfg: Any, choices: dict[str, str], standins: StandIns) -> 
 
     overrides, notes = [], []
     group = choices.get("data", "")
-    if OmegaConf.select(cfg, "data.hf_dataset"):
-        if group not in HUB_DATASETS:
-            raise StandInError(f"data={group} reads the hub dataset {cfg.data.hf_dataset!r}, which has no stand-in "
-                               "(benchmarks/standins.py HUB_DATASETS)")
-        folder = standins.hub_dataset(group)
+    hub_name = OmegaConf.select(cfg, "data.hf_dataset")
+    if hub_name:
+        key = hub_name if hub_name in PRESET_DATASETS else group
+        if key not in HUB_DATASETS and key not in PRESET_DATASETS:
+            raise StandInError(f"data={group} reads the hub dataset {hub_name!r}, which has no stand-in "
+                               "(benchmarks/standins.py HUB_DATASETS, PRESET_DATASETS)")
+        folder = standins.hub_dataset(key)
         overrides += [f"data.hf_dataset={folder}", "++data.hf_config=null"]
-        spec = HUB_DATASETS[group]
+        spec = HUB_DATASETS.get(key) or PRESET_DATASETS[key]
         notes.append(f"data: {spec.hub} -> {len(_read(folder / 'train.jsonl'))} train rows of {spec.source} "
                      f"({spec.columns})")
     elif group in FILE_DATASETS and OmegaConf.is_missing(cfg.data, "train_path"):

@@ -1,17 +1,19 @@
 """Local stand-ins for what ``make test-presets`` (``benchmarks/presets.py``) cannot download: hub models,
 their tokenizers and hub datasets, each of the same architecture, vocabulary size or format as the original.
 
-- **Hub models** (``HUB_MODELS``): the architecture class the preset names (``BertForMaskedLM``,
-  ``BartForConditionalGeneration``) built from the hub model's configuration values (hidden size, layers,
+- **Hub models** (``HUB_MODELS``): the architecture class of the hub model (``BertForMaskedLM``,
+  ``BartForConditionalGeneration``, ``GPT2LMHeadModel``) built from its configuration values (hidden size, layers,
   heads, FFN width, positions, vocabulary, special-token ids), with *random* weights, written with
   ``save_pretrained`` together with a tokenizer of the same class, vocabulary size and special-token ids
-  (WordPiece for BERT, byte-level BPE for BART). The tokenizer's entries are learned from real text of
+  (WordPiece for BERT, byte-level BPE for BART and GPT-2). The tokenizer's entries are learned from real text of
   ``../shared/data`` as far as that text goes, then filled with synthetic entries (``standin00017``) up to
   the hub vocabulary size, so that the embedding tables have the hub model's shape.
 - **Hub datasets** (``HUB_DATASETS``, keyed by the ``conf/data`` file): a folder with ``train.jsonl``,
   ``validation.jsonl`` and ``test.jsonl`` that ``datasets.load_dataset(<folder>)`` reads with the hub
   dataset's column names and nesting (``translation.de``, an integer ``label``...), so the DataModule reads
-  it through the same ``load_hf_split`` path as the hub name; a few hundred rows of real text.
+  it through the same ``load_hf_split`` path as the hub name; a few hundred rows of real text. A hub dataset a
+  preset names over its ``conf/data`` file's (``PRESET_DATASETS``, keyed by hub name: OpenWebText) likewise,
+  with the hub dataset's splits (OpenWebText: ``train`` only, more rows than the preset holds out).
 - **Files a user must supply** (``FILE_DATASETS``): ROCStories, which is not on the hub (one story per line).
 - ``pad_vocabulary``: a trained BPE tokenizer filled up to an exact vocabulary size (a preset's BPE is
   trained on the full hub corpus and reaches its ``vocab_size``; a few hundred lines would not).
@@ -71,8 +73,9 @@ class HubModel:
     name: str
     architecture: str
     config: dict[str, Any]
-    tokenizer: str  # "wordpiece" (BERT) | "byte_bpe" (BART/RoBERTa)
+    tokenizer: str  # "wordpiece" (BERT) | "byte_bpe" (BART/RoBERTa, GPT-2)
     specials: dict[str, int]
+    tokenizer_class: str = "BertTokenizer"
     generation: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,9 +103,16 @@ HUB_MODELS: dict[str, HubModel] = {
                     decoder_layerdrop=0.0, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                     decoder_start_token_id=2, forced_eos_token_id=2),
         tokenizer="byte_bpe",
-        specials={"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 50264},
+        specials={"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 50264}, tokenizer_class="BartTokenizer",
         generation=dict(forced_bos_token_id=0, forced_eos_token_id=2, num_beams=4, no_repeat_ngram_size=3,
                         early_stopping=True)),
+    # https://huggingface.co/gpt2/blob/main/config.json (no pad token: <|endoftext|> is BOS, EOS and UNK)
+    "gpt2": HubModel(
+        name="gpt2", architecture="GPT2LMHeadModel",
+        config=dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                    activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+                    layer_norm_epsilon=1e-5, initializer_range=0.02, bos_token_id=50256, eos_token_id=50256),
+        tokenizer="byte_bpe", specials={"<|endoftext|>": 50256}, tokenizer_class="GPT2Tokenizer"),
 }
 
 
@@ -145,23 +155,28 @@ def wordpiece_tokenizer(texts: list[str], model: HubModel) -> Any:
 
 
 def byte_bpe_tokenizer(texts: list[str], model: HubModel) -> Any:
-    """A ``BartTokenizer`` (byte-level BPE, RoBERTa/BART layout) with ``model.vocab_size`` entries: ``<s>`` 0,
-    ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, the 256 byte symbols and the merges learned from ``texts``, fillers,
-    and ``<mask>`` last (50264 for bart-base)."""
+    """A byte-level BPE tokenizer (``model.tokenizer_class``: ``BartTokenizer`` or ``GPT2Tokenizer``) with
+    ``model.vocab_size`` entries in the hub layout: the specials that open the vocabulary (BART: ``<s>`` 0,
+    ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3), the 256 byte symbols and the merges learned from ``texts``, fillers,
+    and the specials that close it (BART: ``<mask>`` 50264; GPT-2: ``<|endoftext|>`` 50256)."""
+    import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import BartTokenizer
 
-    first = [t for t, i in sorted(model.specials.items(), key=lambda kv: kv[1]) if t != "<mask>"]
+    ordered = [t for t, _ in sorted(model.specials.items(), key=lambda kv: kv[1])]
+    first = [t for i, t in enumerate(ordered) if model.specials[t] == i]
+    last = [t for t in ordered if t not in first]
+    if [model.specials[t] for t in last] != list(range(model.vocab_size - len(last), model.vocab_size)):
+        raise StandInError(f"{model.name}: specials {model.specials} neither open nor close the vocabulary")
     rust = Tokenizer(models.BPE())
     rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=model.vocab_size - 1, special_tokens=first, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=model.vocab_size - len(last), special_tokens=first,
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     rust.train_from_iterator(texts, trainer=trainer)
     spec = json.loads(rust.to_str())["model"]
     learned = [t for t, _ in sorted(spec["vocab"].items(), key=lambda kv: kv[1])]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["merges"]]
-    vocab = _fill(learned, model.vocab_size - 1, set(learned)) + ["<mask>"]
-    tok = BartTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
+    vocab = _fill(learned, model.vocab_size - len(last), set(learned)) + last
+    tok = getattr(transformers, model.tokenizer_class)(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
     _check_tokenizer(tok, model)
     return tok
 
@@ -293,6 +308,8 @@ class HubDataset:
     columns: str
     source: str
     rows: Callable[[Path, str, int], list[dict]] = field(repr=False)
+    splits: dict[str, int] = field(default_factory=lambda: dict(SPLIT_SIZES))
+    """Rows per split file (the hub dataset's splits)."""
 
 
 _DE_EN = {"de": "Multi30k German", "en": "Multi30k English"}
@@ -313,20 +330,44 @@ HUB_DATASETS: dict[str, HubDataset] = {
 }
 
 
-def build_hub_dataset(group: str, out_dir: Path, shared: Path, sizes: Optional[dict[str, int]] = None) -> Path:
-    """Write the stand-in of the hub dataset of ``conf/data/<group>.yaml`` into ``out_dir``:
-    ``{train,validation,test}.jsonl`` with the hub dataset's columns, read by ``datasets.load_dataset(out_dir)``.
-    Returns ``out_dir``."""
-    if group not in HUB_DATASETS:
-        raise StandInError(f"no stand-in for the hub dataset of data={group}; known: {sorted(HUB_DATASETS)}")
-    spec, out_dir = HUB_DATASETS[group], Path(out_dir)
+def _openwebtext_rows(shared: Path, split: str, n: int) -> list[dict]:
+    sentences = _lines(shared / "tatoeba_en" / "train.txt")
+    per = OPENWEBTEXT_SENTENCES
+    return [{"text": " ".join(sentences[(per * i + k) % len(sentences)] for k in range(per))} for i in range(n)]
+
+
+OPENWEBTEXT_SENTENCES = 5
+"""Sentences per stand-in OpenWebText document."""
+
+PRESET_DATASETS: dict[str, HubDataset] = {
+    # OpenWebText has one split; mdlm_owt holds out its last 100k documents (``train[-100000:]``), so the
+    # stand-in has more than that many rows and the preset's split strings run unchanged.
+    "Skylion007/openwebtext": HubDataset(
+        "Skylion007/openwebtext", "text (train split only)",
+        f"documents of {OPENWEBTEXT_SENTENCES} consecutive Tatoeba English sentences, cycling through them",
+        _openwebtext_rows, splits={"train": 100_400}),
+}
+"""Hub datasets a preset names in place of its ``conf/data`` file's, by hub name (``data.hf_dataset``)."""
+
+
+def build_hub_dataset(key: str, out_dir: Path, shared: Path, sizes: Optional[dict[str, int]] = None) -> Path:
+    """Write the stand-in of a hub dataset into ``out_dir``: one ``<split>.jsonl`` per split of the hub dataset
+    (``{train,validation,test}``, or ``HubDataset.splits``), with its columns, read by
+    ``datasets.load_dataset(out_dir)``. ``key`` is a ``conf/data`` group (``HUB_DATASETS``) or a hub name
+    (``PRESET_DATASETS``); ``sizes`` overrides the rows of some splits (the harness's unit test). Returns
+    ``out_dir``."""
+    spec = HUB_DATASETS.get(key) or PRESET_DATASETS.get(key)
+    if spec is None:
+        raise StandInError(f"no stand-in for the hub dataset {key!r}; known: data groups {sorted(HUB_DATASETS)}, "
+                           f"hub names {sorted(PRESET_DATASETS)}")
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for split, n in {**SPLIT_SIZES, **(sizes or {})}.items():
+    for split, n in {s: (sizes or {}).get(s, n) for s, n in spec.splits.items()}.items():
         rows = spec.rows(shared, split, n)
         with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out_dir / "STANDIN.md").write_text(f"Stand-in for the hub dataset {spec.hub} (data={group}): columns "
+    (out_dir / "STANDIN.md").write_text(f"Stand-in for the hub dataset {spec.hub} ({key}): columns "
                                         f"{spec.columns}; rows from ../shared/data: {spec.source}.\n", encoding="utf-8")
     return out_dir
 

@@ -17,7 +17,8 @@ CONF = Path(presets.CONF_DIR)
 
 
 # ----- stand-ins ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,params", [("bert-base-uncased", 109_514_298), ("facebook/bart-base", 139_420_416)])
+@pytest.mark.parametrize("name,params", [("bert-base-uncased", 109_514_298), ("facebook/bart-base", 139_420_416),
+                                         ("gpt2", 124_439_808)])
 def test_hub_configs_give_the_hub_architectures(name, params):
     """The configuration values reproduce the hub model exactly (its published parameter count)."""
     import transformers
@@ -39,10 +40,12 @@ def test_hub_model_standin_loads_like_the_hub(name, tmp_path, shared_data):
     from textdiff.nn.hf import build_hf_model
 
     hub = standins.HUB_MODELS[name]
-    small = ({"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
-             if hub.tokenizer == "wordpiece" else
-             {"d_model": 16, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-              "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32})
+    small = {"BertForMaskedLM": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                 "intermediate_size": 32},
+             "BartForConditionalGeneration": {"d_model": 16, "encoder_layers": 1, "decoder_layers": 1,
+                                              "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                                              "encoder_ffn_dim": 32, "decoder_ffn_dim": 32},
+             "GPT2LMHeadModel": {"n_embd": 16, "n_layer": 1, "n_head": 2}}[hub.architecture]
     texts = standins.english_text(shared_data, 300)
     out = standins.build_hub_model(name, tmp_path / "hub", texts, small)
     arch = getattr(transformers, hub.architecture)
@@ -113,6 +116,24 @@ def test_dataset_standin_loads_through_load_hf_split(tmp_path, shared_data, monk
     assert len(pairs) == 4 and all(de and en and de != en for de, en in pairs)
 
 
+def test_openwebtext_standin_runs_the_presets_split_strings(tmp_path, shared_data, monkeypatch):
+    """OpenWebText has one split; mdlm_owt holds out its last 100k documents. The stand-in has more rows than
+    that (so ``train[:-100000]`` is not empty), and a small one reads through the same slicing."""
+    from textdiff.data.sources import load_hf_split
+
+    cfg, _ = presets.compose(["experiment=mdlm_owt"])
+    spec = standins.PRESET_DATASETS[cfg.data.hf_dataset]
+    held_out = int(re.fullmatch(r"train\[-(\d+):\]", cfg.data.hf_splits.valid).group(1))
+    assert cfg.data.hf_splits.train == f"train[:-{held_out}]" and spec.splits["train"] > held_out
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    folder = standins.build_hub_dataset(cfg.data.hf_dataset, tmp_path / "owt", shared_data, {"train": 12})
+    assert sorted(p.name for p in folder.glob("*.jsonl")) == ["train.jsonl"]
+    train, valid = (load_hf_split(str(folder), s, [cfg.data.field]) for s in ("train[:-5]", "train[-5:]"))
+    assert len(train) == 7 and len(valid) == 5
+    sentences = [s for (text,) in train for s in re.split(r"(?<=[.!?])\s", text)]
+    assert len(sentences) >= 7 * standins.OPENWEBTEXT_SENTENCES  # multi-sentence documents
+
+
 def test_rocstories_standin_is_five_sentences_a_line(tmp_path, shared_data):
     paths = standins.build_rocstories(tmp_path, shared_data, {"train": 10, "validation": 5, "test": 5})
     lines = paths["train"].read_text().splitlines()
@@ -129,9 +150,17 @@ def test_every_hub_dataset_and_user_corpus_has_a_standin():
             assert path.stem in standins.FILE_DATASETS, f"{path.name}: user-supplied corpus without a stand-in"
 
 
+def test_every_hub_dataset_a_preset_names_has_a_standin():
+    """Presets that set ``data.hf_dataset`` over their data group's (mdlm_owt) find a stand-in by that name."""
+    groups = {OmegaConf.load(p).get("hf_dataset") for p in (CONF / "data").glob("*.yaml")}
+    named = {OmegaConf.select(OmegaConf.load(p), "data.hf_dataset") for p in (CONF / "experiment").glob("*.yaml")}
+    named -= groups | {None}
+    assert named and named <= set(standins.PRESET_DATASETS), named - set(standins.PRESET_DATASETS)
+
+
 def test_every_hub_model_name_in_conf_has_a_standin():
     """Strings that name a hub model (org/name or *-base-*) in the keys that take one have stand-ins."""
-    keys = {"tokenizer", "bert", "bart_path"}
+    keys = {"tokenizer", "name_or_path", "bert", "bart_path"}
     found = set()
     for path in CONF.rglob("*.yaml"):
         def walk(node):
