@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks.standins import FILE_DATASETS, HUB_DATASETS, HUB_MODELS, PRESET_DATASETS, StandInError
+from benchmarks.standins import FILE_DATASETS, HUB_DATASETS, HUB_MODELS, PRESET_DATASETS, StandInError, dataset_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -402,12 +402,12 @@ def standin_overrides(cfg: Any, choices: dict[str, str], standins: StandIns) -> 
     hub_name = OmegaConf.select(cfg, "data.hf_dataset")
     if hub_name:
         key = hub_name if hub_name in PRESET_DATASETS else group
-        if key not in HUB_DATASETS and key not in PRESET_DATASETS:
-            raise StandInError(f"data={group} reads the hub dataset {hub_name!r}, which has no stand-in "
-                               "(benchmarks/standins.py HUB_DATASETS, PRESET_DATASETS)")
+        try:
+            spec = dataset_spec(key)
+        except StandInError as err:
+            raise StandInError(f"data={group} reads the hub dataset {hub_name!r}: {err}") from None
         folder = standins.hub_dataset(key)
         overrides += [f"data.hf_dataset={folder}", "++data.hf_config=null"]
-        spec = HUB_DATASETS.get(key) or PRESET_DATASETS[key]
         notes.append(f"data: {spec.hub} -> {len(_read(folder / 'train.jsonl'))} train rows of {spec.source} "
                      f"({spec.columns})")
     elif group in FILE_DATASETS and OmegaConf.is_missing(cfg.data, "train_path"):

@@ -350,16 +350,23 @@ PRESET_DATASETS: dict[str, HubDataset] = {
 """Hub datasets a preset names in place of its ``conf/data`` file's, by hub name (``data.hf_dataset``)."""
 
 
+def dataset_spec(key: str) -> HubDataset:
+    """The stand-in of a ``conf/data`` group (``HUB_DATASETS``) or of a hub name (``PRESET_DATASETS``); raises
+    StandInError naming both catalogues when there is none."""
+    spec = HUB_DATASETS.get(key) or PRESET_DATASETS.get(key)
+    if spec is None:
+        raise StandInError(f"no stand-in for the hub dataset {key!r}; known: data groups {sorted(HUB_DATASETS)}, "
+                           f"hub names {sorted(PRESET_DATASETS)} (benchmarks/standins.py)")
+    return spec
+
+
 def build_hub_dataset(key: str, out_dir: Path, shared: Path, sizes: Optional[dict[str, int]] = None) -> Path:
     """Write the stand-in of a hub dataset into ``out_dir``: one ``<split>.jsonl`` per split of the hub dataset
     (``{train,validation,test}``, or ``HubDataset.splits``), with its columns, read by
     ``datasets.load_dataset(out_dir)``. ``key`` is a ``conf/data`` group (``HUB_DATASETS``) or a hub name
     (``PRESET_DATASETS``); ``sizes`` overrides the rows of some splits (the harness's unit test). Returns
     ``out_dir``."""
-    spec = HUB_DATASETS.get(key) or PRESET_DATASETS.get(key)
-    if spec is None:
-        raise StandInError(f"no stand-in for the hub dataset {key!r}; known: data groups {sorted(HUB_DATASETS)}, "
-                           f"hub names {sorted(PRESET_DATASETS)}")
+    spec = dataset_spec(key)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, n in {s: (sizes or {}).get(s, n) for s, n in spec.splits.items()}.items():

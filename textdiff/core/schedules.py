@@ -380,6 +380,8 @@ class SpindleSchedule(NoiseSchedule):
     def centred_weight(self, x0: Tensor) -> Tensor:
         """f_i - mean_j f_j, the mean over each sentence's own tokens (positions whose id is not in
         ``ignore_ids``; official ``process_fn_in_collate``): (B, L) ids -> (B, L) float."""
+        if self.token_weight.numel() == 0:
+            raise RuntimeError("SpindleSchedule has no token weights yet: call set_token_weight(f) first")
         f = self.token_weight[x0]
         if not self.ignore_ids:
             return f - f.sum(-1, keepdim=True) / max(x0.shape[-1], 1)
@@ -389,8 +391,6 @@ class SpindleSchedule(NoiseSchedule):
     def alpha_bar(self, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         if x0 is None:
             raise ValueError("SpindleSchedule.alpha_bar needs x0 (B, L): its keep-probability is per token")
-        if self.token_weight.numel() == 0:
-            raise RuntimeError("SpindleSchedule has no token weights yet: call set_token_weight(f) first")
         return self.keep_from_weight(t.view(-1, 1), self.centred_weight(x0))
 
     def keep_from_weight(self, t: Tensor, weight: Tensor,
@@ -399,8 +399,6 @@ class SpindleSchedule(NoiseSchedule):
         each other: ``alpha_bar`` passes t (B, 1) or (J + 1, 1) against weights (B, L) or (R, 1, L); t (1, J + 1)
         against the weights (n, 1) of n positions gives their keep-probabilities at J + 1 times (n, J + 1).
         ``terms``: ``time_terms(t)``, when the caller keeps them for a time grid it reads many times."""
-        if self.token_weight.numel() == 0:
-            raise RuntimeError("SpindleSchedule has no token weights yet: call set_token_weight(f) first")
         base, lam_bump, zero = self.time_terms(t) if terms is None else terms
         p = (base + lam_bump * weight).clamp(0.0, self.max_keep)
         return torch.where(zero, 1.0, p)
